@@ -1,0 +1,86 @@
+"""The work folder: one experiment's stores, models, detections and reports.
+
+::
+
+    WORK/
+      settings.json               what each stage was run with, and its fingerprint
+      proposals/<split>/          sharded store (see shards.py)
+      features/<split>/           sharded store of conv5 maps
+      models/<name>.pt            finetune.pt, svm.pt, bbox.pt, each with its inputs' fingerprint
+      detections/<split>/         comp4_det_<split>_<class>.txt, coco_results.json, drawings
+      reports/                    recall.json, eval.json, bench.json
+
+Stages find their inputs and outputs only through this class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sppdet.cache.atomic import atomic_output, read_json, write_json
+from sppdet.cache.fingerprint import fingerprint
+from sppdet.detector.errors import SppdetError
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> WorkDir:
+        return cls(Path(root))
+
+    def proposals(self, split: str) -> Path:
+        return self.root / "proposals" / split
+
+    def features(self, split: str) -> Path:
+        return self.root / "features" / split
+
+    def model(self, name: str) -> Path:
+        return self.root / "models" / f"{name}.pt"
+
+    def detections(self, split: str) -> Path:
+        return self.root / "detections" / split
+
+    def report(self, name: str) -> Path:
+        return self.root / "reports" / name
+
+    # ------------------------------------------------------------------------- settings.json
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "settings.json"
+
+    def settings(self) -> dict[str, Any]:
+        return read_json(self.settings_path) if self.settings_path.is_file() else {}
+
+    def record_stage(self, stage: str, settings: dict[str, Any]) -> str:
+        """Record what STAGE ran with (atomically); returns the settings' fingerprint."""
+        all_settings = self.settings()
+        fp = fingerprint(settings)
+        all_settings[stage] = {"settings": settings, "fingerprint": fp}
+        write_json(self.settings_path, all_settings)
+        return fp
+
+    # --------------------------------------------------------------------------------- models
+
+    def save_model(self, name: str, payload: dict[str, Any]) -> Path:
+        """Save a model payload (tensors, numbers, strings, lists, dicts) atomically."""
+        path = self.model(name)
+        with atomic_output(path) as tmp:
+            torch.save(payload, tmp)
+        return path
+
+    def load_model(self, name: str, made_by: str) -> dict[str, Any]:
+        """Load a model saved by ``save_model``; MADE_BY is the command that makes it."""
+        path = self.model(name)
+        if not path.is_file():
+            raise SppdetError(f"{path}: model not found; run `{made_by}` first")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: name it, suggest the fix
+            raise SppdetError(f"{path}: unreadable model ({exc}); rerun `{made_by}`") from None

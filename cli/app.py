@@ -1,0 +1,40 @@
+"""The typer application object and the error boundary between stages and the user."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from sppdet.detector.errors import SppdetError
+
+app = typer.Typer(
+    name="sppdet",
+    help="SPP-net object detection (He et al., 2014) as a staged, resumable pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and a non-zero exit code."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="sppdet", standalone_mode=False)
+    except SppdetError as exc:
+        print(f"sppdet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print(
+            "sppdet: interrupted; finished work is kept, rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    return result if isinstance(result, int) else 0

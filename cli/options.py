@@ -1,0 +1,24 @@
+"""Options shared by several commands, defined once so their help text stays the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+DataOption = typer.Option(
+    ..., "--data", help="VOC root (folder with Annotations/, ImageSets/Main/) or a COCO .json file."
+)
+SplitOption = typer.Option("trainval", "--split", help="Split name: ImageSets/Main/<split>.txt.")
+ClassesOption = typer.Option(
+    None,
+    "--classes",
+    help="Comma-separated class names, or 'voc' for the 20 VOC classes (default: from the data).",
+)
+WorkOption = typer.Option(Path("work"), "--work", help="Work folder of this experiment.")
+PresetOption = typer.Option(
+    "released", "--preset", help="Parameter set: released (default), paper or quick-cpu."
+)
+ForceOption = typer.Option(
+    False, "--force", help="Overwrite a store made with other settings instead of refusing."
+)

@@ -1,0 +1,201 @@
+"""Every constant of the pipeline, named once, grouped per stage, with presets.
+
+Defaults follow the released SPP-net code where it differs from the paper (SPEC.md); the ``paper``
+preset picks the paper's values and ``quick-cpu`` a set that finishes on two CPU cores. The CLI
+builds a ``PipelineConfig`` from a preset and applies its own overrides with ``override``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from sppdet.detector.errors import SppdetError
+
+PAPER_SCALES_5 = (480, 576, 688, 864, 1200)
+RELEASED_SCALES_5 = (480, 576, 688, 874, 1200)
+SINGLE_SCALE = (688,)
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    method: str = "ss-fast"  # ss-fast | ss-quality | edgeboxes | ss+eb
+    max_boxes: int = 2000
+    min_side: int = 20  # R-CNN filter: drop boxes narrower or shorter than this (pixels)
+    # Selective Search works on a downscaled copy: the longer side is capped for speed.
+    ss_max_side: int = 500
+    # EdgeBoxes (Zitnick & Dollar defaults, as in OpenCV).
+    eb_alpha: float = 0.65
+    eb_beta: float = 0.75
+    eb_min_score: float = 0.01
+    shard_size: int = 8  # images per shard file: the unit of resume and of parallel work
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    backbone: str = "zf5"
+    weights: str = "random"  # imagenet | random | PATH to a checkpoint
+    scales: tuple[int, ...] = RELEASED_SCALES_5
+    max_size: int = 2000  # cap on the longer side of a resized image (pixels)
+    dtype: str = "float16"
+    flip: bool = False
+    device: str = "auto"
+    shard_size: int = 4
+
+
+@dataclass(frozen=True)
+class SppConfig:
+    pyramid: tuple[int, ...] = (1, 2, 3, 6)
+    scale_rule: str = "released"  # released | area224
+    area_target: int = 224  # the paper's rule: scaled window area closest to 224x224
+    released_target_side: int = 13 * 16  # the released code's rule: 208 px, linear in scale
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    fg_iou: float = 0.5
+    bg_iou_low: float = 0.1
+    batch_size: int = 128
+    fg_fraction: float = 0.25
+    fc8_init_std: float = 0.01
+    dropout: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    base_lr: float = 1e-3
+    lr_steps: tuple[int, ...] = (30_000, 60_000)  # lr drops by lr_gamma at each step
+    lr_gamma: float = 0.1
+    iterations: int = 200_000
+    checkpoint_every: int = 2_000
+    log_every: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SvmConfig:
+    layer: str = "fc7"  # pool5 | fc6 | fc7
+    feature_norm: float = 20.0
+    norm_sample_windows: int = 10_000
+    neg_iou: float = 0.3
+    neg_dedup: str = "cells"  # cells (released code) | iou (paper, > neg_dedup_iou)
+    neg_dedup_iou: float = 0.7
+    hard_threshold: float = -1.0001
+    evict_threshold: float = -1.2
+    retrain_every: int = 2_000
+    max_cached_negatives: int = 50_000  # per class; bounds memory on VOC-sized data
+    C: float = 0.001
+    positive_weight: float = 2.0
+    bias_feature: float = 10.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BboxConfig:
+    min_iou: float = 0.5  # samples need IoU strictly above this
+    feature_norm: float = 20.0
+    ridge_lambda: float = 4000.0
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    score_threshold: float = -1.5
+    nms_iou: float = 0.3
+    max_per_class: int = 100
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    iou_threshold: float = 0.5
+    use_07_metric: bool = True
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    sizes: tuple[int, ...] = (180, 224)
+    epochs: int = 30
+    batch_size: int = 64
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dropout: float = 0.5
+    plateau_patience: int = 3
+    lr_drop: float = 0.1
+    bg_iou: float = 0.3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    preset: str = "released"
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    spp: SppConfig = field(default_factory=SppConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    svm: SvmConfig = field(default_factory=SvmConfig)
+    bbox: BboxConfig = field(default_factory=BboxConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def _released() -> PipelineConfig:
+    return PipelineConfig(preset="released")
+
+
+def _paper() -> PipelineConfig:
+    base = PipelineConfig(preset="paper")
+    return dataclasses.replace(
+        base,
+        features=dataclasses.replace(base.features, scales=PAPER_SCALES_5),
+        spp=dataclasses.replace(base.spp, scale_rule="area224"),
+        finetune=dataclasses.replace(
+            base.finetune, base_lr=1e-4, lr_steps=(250_000,), iterations=300_000
+        ),
+        svm=dataclasses.replace(base.svm, neg_dedup="iou"),
+    )
+
+
+def _quick_cpu() -> PipelineConfig:
+    base = PipelineConfig(preset="quick-cpu")
+    return dataclasses.replace(
+        base,
+        proposals=dataclasses.replace(base.proposals, max_boxes=500),
+        features=dataclasses.replace(base.features, scales=(480,), max_size=1000),
+        finetune=dataclasses.replace(
+            base.finetune, lr_steps=(1_500,), iterations=2_000, checkpoint_every=500, log_every=250
+        ),
+        svm=dataclasses.replace(base.svm, norm_sample_windows=2_000),
+        pretrain=dataclasses.replace(base.pretrain, epochs=8),
+    )
+
+
+PRESETS = {"released": _released, "paper": _paper, "quick-cpu": _quick_cpu}
+
+
+def preset(name: str) -> PipelineConfig:
+    """The named preset; an unknown name is a user error listing the choices."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise SppdetError(
+            f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def override(section: Any, **changes: Any) -> Any:
+    """A copy of one config section with the options the user actually gave (None = not given)."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(section, **given)
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config section (tuples become lists), for fingerprints and logs."""
+    return json_ready(dataclasses.asdict(section))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

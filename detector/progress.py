@@ -1,0 +1,67 @@
+"""Progress bars with ETA and an items/s readout, for every long stage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+T = TypeVar("T")
+
+
+class _RateColumn(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} {self.unit}/s" if speed else f"-- {self.unit}/s")
+
+
+class Bar:
+    """A running bar: ``advance(n)`` as work completes."""
+
+    def __init__(self, progress: Progress, task_id: int) -> None:
+        self._progress = progress
+        self._task_id = task_id
+
+    def advance(self, n: float = 1) -> None:
+        self._progress.advance(self._task_id, n)
+
+    def note(self, text: str) -> None:
+        self._progress.update(self._task_id, description=text)
+
+
+@contextmanager
+def progress_bar(total: float, description: str, unit: str = "img") -> Iterator[Bar]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        yield Bar(progress, progress.add_task(description, total=total))
+
+
+def track(items: Iterable[T], total: int, description: str, unit: str = "img") -> Iterator[T]:
+    with progress_bar(total, description, unit) as bar:
+        for item in items:
+            yield item
+            bar.advance()

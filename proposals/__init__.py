@@ -1,0 +1,1 @@
+"""sppdet.proposals: Selective Search, EdgeBoxes, imported proposal files and recall."""
