@@ -33,7 +33,7 @@ from sppdet.detector.windows import finetune_labels, image_windows
 log = logging.getLogger(__name__)
 
 
-class WindowPooler(Protocol):
+class PooledFeatures(Protocol):
     """Pooled SPP features of windows of cached images (sppdet.detector.features)."""
 
     num_scales: int
@@ -134,7 +134,7 @@ def batches(
 
 
 def pool_batch(
-    pooler: WindowPooler, table: WindowTable, rows: np.ndarray, scales: np.ndarray | None,
+    pooler: PooledFeatures, table: WindowTable, rows: np.ndarray, scales: np.ndarray | None,
     flipped: np.ndarray,
 ) -> torch.Tensor:  # fmt: skip
     """Pooled features of table ROWS, one pooler call per (image, flip) group, in ROWS order."""
@@ -167,7 +167,7 @@ class HeldOut:
 
     @classmethod
     def sample(
-        cls, pooler: WindowPooler, table: WindowTable, images: np.ndarray, size: int, seed: int
+        cls, pooler: PooledFeatures, table: WindowTable, images: np.ndarray, size: int, seed: int
     ) -> HeldOut | None:
         rows = table.subset(images)
         if len(rows) == 0:
@@ -200,7 +200,7 @@ class TrainState:
 
 def train(
     head: FcHead,
-    pooler: WindowPooler,
+    pooler: PooledFeatures,
     table: WindowTable,
     cfg: FinetuneConfig,
     images_per_round: int,
