@@ -9,7 +9,7 @@ from sppdet.cli.app import app, run_app
 
 # Each module registers its commands on ``app`` when imported. A stage that is not built yet has
 # no module here, so its command is absent rather than faked.
-COMMAND_MODULES: tuple[str, ...] = ("evaluate", "synth")
+COMMAND_MODULES: tuple[str, ...] = ("evaluate", "synth", "features")
 
 
 def load_commands() -> None:

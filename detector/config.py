@@ -50,6 +50,9 @@ class SppConfig:
     scale_rule: str = "released"  # released | area224
     area_target: int = 224  # the paper's rule: scaled window area closest to 224x224
     released_target_side: int = 13 * 16  # the released code's rule: 208 px, linear in scale
+    # Window -> conv5 cells: edges move 6.5 px inward (released code) or stride/2 (paper's
+    # Appendix A), then snap to the nearest receptive-field centre (sppdet.detector.spp).
+    window_mapping: str = "released"  # released | paper
 
 
 @dataclass(frozen=True)

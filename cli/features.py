@@ -1,0 +1,153 @@
+"""``sppdet cache-features`` and ``sppdet cache-info``: the multi-scale conv5 cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from sppdet.cli.app import app
+from sppdet.cli.options import (
+    ClassesOption,
+    DataOption,
+    ForceOption,
+    PresetOption,
+    SplitOption,
+    WorkOption,
+)
+from sppdet.detector.config import override, preset
+from sppdet.detector.data import load_dataset, parse_classes
+from sppdet.detector.errors import SppdetError
+from sppdet.detector.features import cache_info
+from sppdet.detector.featurize import cache_features
+from sppdet.detector.nets import TORCHVISION_PYRAMID
+
+
+def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise SppdetError(
+            f"{option} {text!r}: give comma-separated integers, e.g. 480,688"
+        ) from None
+    if not values or min(values) < 1:
+        raise SppdetError(f"{option} {text!r}: give positive integers")
+    return values
+
+
+@app.command("cache-features")
+def cache_features_command(
+    data: Path = DataOption,
+    split: str = SplitOption,
+    backbone: str = typer.Option(
+        None,
+        "--backbone",
+        help="Conv trunk: zf5 (the paper's), alexnet or vgg16.",
+        show_default="zf5",
+    ),
+    weights: str = typer.Option(
+        None,
+        "--weights",
+        help="random, imagenet (torchvision's weights API; alexnet/vgg16, needs the file cached "
+        "or a network) or PATH to a backbone checkpoint or torchvision state dict.",
+        show_default="random",
+    ),
+    scales: str = typer.Option(
+        None,
+        "--scales",
+        help="Shorter image sides to cache, comma-separated; 688 alone is the paper's 1-scale "
+        "setting.",
+        show_default="the preset's: 480,576,688,874,1200 (released), 480,576,688,864,1200 (paper)",
+    ),
+    max_size: int = typer.Option(
+        None,
+        "--max-size",
+        help="Cap on the longer side of a resized image (px). A capped image is resized to "
+        "this longer side instead: its shorter side, the effective scale, is then below the "
+        "asked scale and is recorded and used for the window mapping.",
+        show_default="2000",
+    ),
+    dtype: str = typer.Option(
+        None, "--dtype", help="Storage type: float16 or float32.", show_default="float16"
+    ),
+    flip: bool = typer.Option(
+        None, "--flip/--no-flip", help="Also cache the mirrored images.", show_default="no-flip"
+    ),
+    device: str = typer.Option(
+        None, "--device", help="auto (cuda when present), cpu or cuda.", show_default="auto"
+    ),
+    pyramid: str = typer.Option(
+        None,
+        "--pyramid",
+        help="SPP levels later stages pool with, recorded with the cache (not part of the "
+        "cached maps). With torchvision ImageNet weights a single level 6 "
+        "(alexnet) or 7 (vgg16) reproduces the pretrained fc6's input, so fc6 is reused; "
+        "other pyramids train fc6 from scratch.",
+        show_default="1,2,3,6",
+    ),
+    classes: str = ClassesOption,
+    work: Path = WorkOption,
+    preset_name: str = PresetOption,
+    force: bool = ForceOption,
+) -> None:
+    """Run the conv layers once per image and scale; store the conv5 maps (resumable)."""
+    config = preset(preset_name)
+    features = override(
+        config.features,
+        backbone=backbone,
+        weights=weights,
+        scales=_int_list(scales, "--scales"),
+        max_size=max_size,
+        dtype=dtype,
+        flip=flip,
+        device=device,
+    )
+    spp = override(config.spp, pyramid=_int_list(pyramid, "--pyramid"))
+    dataset = load_dataset(data, split, parse_classes(classes))
+    console = Console(stderr=True)
+    native = TORCHVISION_PYRAMID.get(features.backbone)
+    if features.weights == "imagenet" and native and tuple(spp.pyramid) != native:
+        console.print(
+            f"note: {features.backbone}'s ImageNet fc6 expects pyramid "
+            f"{','.join(map(str, native))}; with {','.join(map(str, spp.pyramid))} fc6 starts "
+            "from scratch (fc7 is still reused)"
+        )
+    stats = cache_features(dataset, work, features, spp=spp, force=force)
+    done = stats.images - stats.computed
+    console.print(
+        f"cached {stats.computed} images ({done} already done) of {dataset.split!r} at scales "
+        f"{','.join(map(str, stats.scales))} in {stats.wall:.1f} s "
+        f"(forward {stats.forward:.1f} s); {stats.bytes_total / 2**20:.1f} MiB in {stats.root}; "
+        f"fingerprint {stats.fingerprint}"
+    )
+
+
+@app.command("cache-info")
+def cache_info_command(
+    split: str = SplitOption,
+    work: Path = WorkOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Describe a feature cache: images, scales, bytes per image and in total, fingerprint."""
+    info = cache_info(work, split)
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return
+    lines = [
+        ("store", info["path"]),
+        ("images", f"{info['images_cached']} of {info['images']} cached (shards {info['shards']})"),
+        ("backbone", f"{info['backbone']}  weights {info['weights']}"),
+        ("scales", ",".join(map(str, info["scales"])) + f"  max size {info['max_size']}"),
+        ("storage", f"{info['dtype']}, flip {'on' if info['flip'] else 'off'}"),
+        ("preprocessing", json.dumps(info["preprocessing"], sort_keys=True)),
+        ("bytes/image", f"{info['bytes_per_image'] / 2**20:.2f} MiB"),
+        ("bytes total", f"{info['bytes_total'] / 2**20:.1f} MiB"),
+        ("fingerprint", info["fingerprint"]),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key.ljust(width)}  {value}")

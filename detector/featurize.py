@@ -1,0 +1,350 @@
+"""The cache-features stage: conv5 maps of every image at every scale, run once, stored compactly.
+
+For each image and scale s the image is resized so that its shorter side is s (INTER_AREA when
+shrinking, INTER_LINEAR when enlarging), the trunk runs once, and the conv5 map [C, h, w] is
+stored (float16 by default; max pooling later only selects values, so no accuracy is lost beyond
+the float16 rounding of each activation). With flip on, the mirrored resized image is run too.
+
+``max_size`` caps the longer side of every resized image: when s * max(H, W) / min(H, W) would
+exceed it, the image is resized so its longer side is ``max_size`` instead, and its shorter side,
+the *effective scale*, is smaller than s. The effective scale is stored per image and scale and is
+what the window mapping and both best-scale rules use, so windows stay aligned with the map.
+
+Storage: a ``ShardedStore`` (kind ``features``) in ``WORK/features/<split>``; per image the
+datasets ``conv5_s<k>`` (and ``conv5_s<k>_flip``), one chunk each, byte-shuffled and compressed
+(post-ReLU conv5 maps are sparse and float16 bytes shuffle well), and image attributes: height,
+width, effective_scales, map_heights, map_widths. The store's settings (the fingerprint) cover
+the backbone, the weights' identity (file hash), the preprocessing, the scales, max size, dtype
+and flip; a store made with other settings is refused unless --force.
+
+Pipeline: loader threads decode and resize the next images while the forward passes run, and a
+writer thread compresses and writes the finished maps, so the network never waits on image
+decoding or the disk (on a GPU; on a 2-core CPU the threads share the cores with the forward
+passes, which is the overhead the benchmark measures). Each shard appears atomically: a killed
+run leaves no shard a later stage would read as valid, and a rerun computes only missing shards.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from sppdet.cache.shards import ShardedStore, ShardWriter
+from sppdet.cache.workdir import WorkDir
+from sppdet.detector.config import FeatureConfig, SppConfig, as_dict
+from sppdet.detector.data import Dataset, ImageRecord, read_image
+from sppdet.detector.errors import SppdetError
+from sppdet.detector.nets import (
+    Preprocessing,
+    Trunk,
+    describe_weights,
+    load_backbone,
+    resolve_device,
+    trunk_spec,
+)
+from sppdet.detector.progress import progress_bar
+from sppdet.detector.spp import layer_geometry
+
+KIND = "features"
+MADE_BY = "sppdet cache-features"
+LAYOUT_VERSION = 1
+COMPRESSION = "gzip"  # with HDF5's byte shuffle; see benchmarks/bench_cache.py for lzf vs gzip
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+_QUEUE_IMAGES = 3  # finished images waiting for the writer (bounds memory)
+_ABORT = object()
+
+
+def conv5_name(scale_index: int, flipped: bool = False) -> str:
+    return f"conv5_s{scale_index}" + ("_flip" if flipped else "")
+
+
+def resized_size(height: int, width: int, scale: int, max_size: int | None) -> tuple[int, int]:
+    """(h, w) with the shorter side SCALE, unless the longer side would pass MAX_SIZE, in which
+    case the longer side is MAX_SIZE (the shorter side, the effective scale, is then < SCALE)."""
+    factor = scale / min(height, width)
+    if max_size and max(height, width) * factor > max_size:
+        factor = max_size / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def check_config(config: FeatureConfig) -> None:
+    if config.dtype not in DTYPES:
+        raise SppdetError(f"--dtype {config.dtype!r}: choose float16 or float32")
+    if not config.scales or min(config.scales) < 1:
+        raise SppdetError(f"--scales {config.scales}: give positive pixel sizes, e.g. 480,688")
+    if config.max_size is not None and config.max_size < 1:
+        raise SppdetError(f"--max-size {config.max_size}: must be positive")
+
+
+def feature_params(config: FeatureConfig) -> dict[str, Any]:
+    """The settings that define a feature cache's content: its fingerprint covers exactly these."""
+    check_config(config)
+    weights_id, pre = describe_weights(config.backbone, config.weights)
+    channels, layers = trunk_spec(config.backbone)
+    geometry = layer_geometry(layers)
+    return {
+        "layout": LAYOUT_VERSION,
+        "backbone": config.backbone,
+        "weights": weights_id,
+        "preprocessing": pre.to_dict(),
+        "channels": channels,
+        "geometry": geometry.to_dict(),
+        "scales": [int(s) for s in config.scales],
+        "max_size": int(config.max_size) if config.max_size else None,
+        "dtype": config.dtype,
+        "flip": bool(config.flip),
+    }
+
+
+# -------------------------------------------------------------------------------- per image
+
+
+@dataclass
+class LoadedImage:
+    image_id: str
+    height: int
+    width: int
+    resized: list[np.ndarray]  # uint8 RGB [h, w, 3] per scale
+    seconds: float
+
+
+@dataclass
+class ImageMaps:
+    image_id: str
+    maps: list[tuple[str, np.ndarray]]
+    attrs: dict[str, Any]
+
+
+def load_resized(record: ImageRecord, scales: Sequence[int], max_size: int | None) -> LoadedImage:
+    """Decode RECORD's image and resize it to every scale (runs in loader threads)."""
+    start = time.perf_counter()
+    image = read_image(record.path)
+    height, width = image.shape[:2]
+    resized = []
+    for scale in scales:
+        h, w = resized_size(height, width, scale, max_size)
+        shrink = h * w < height * width
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        resized.append(cv2.resize(image, (w, h), interpolation=interp))
+    return LoadedImage(record.image_id, height, width, resized, time.perf_counter() - start)
+
+
+def compute_conv5(
+    trunk: Trunk,
+    preprocessing: Preprocessing,
+    resized: Sequence[np.ndarray],
+    device: torch.device,
+    flip: bool,
+    dtype: torch.dtype,
+) -> list[tuple[str, torch.Tensor]]:
+    """conv5 maps [C, h, w] (CPU, DTYPE) of every resized image (and its mirror when FLIP)."""
+    maps = []
+    with torch.inference_mode():
+        for k, image in enumerate(resized):
+            x = preprocessing(image, device)
+            maps.append((conv5_name(k), trunk(x)[0].to(dtype)))
+            if flip:
+                maps.append((conv5_name(k, True), trunk(x.flip(-1))[0].to(dtype)))
+    return [(name, m.cpu()) for name, m in maps]
+
+
+def _prefetch(
+    pool: ThreadPoolExecutor,
+    records: Sequence[ImageRecord],
+    scales: Sequence[int],
+    max_size: int | None,
+    depth: int,
+) -> Iterator[Future]:
+    """Futures of loaded images in order, keeping DEPTH loads in flight."""
+    pending: list[Future] = []
+    for record in records:
+        pending.append(pool.submit(load_resized, record, scales, max_size))
+        if len(pending) > depth:
+            yield pending.pop(0)
+    yield from pending
+
+
+class _Writer(threading.Thread):
+    """Writes the pending shards one after another, taking finished images from a queue."""
+
+    def __init__(self, store: ShardedStore, shards: Sequence[int], compression: str | None):
+        super().__init__(name="sppdet-feature-writer", daemon=True)
+        self.store, self.shards, self.compression = store, list(shards), compression
+        self.items: queue.Queue = queue.Queue(maxsize=_QUEUE_IMAGES)
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        try:
+            for shard in self.shards:
+                self.store.write_shard(shard, self._fill)
+        except BaseException as exc:  # reported to the main thread, which re-raises
+            self.error = exc
+
+    def _fill(self, writer: ShardWriter, image_ids: list[str]) -> None:
+        for image_id in image_ids:
+            item = self.items.get()
+            if item is _ABORT:
+                raise _Aborted()
+            start = time.perf_counter()
+            assert item.image_id == image_id, (item.image_id, image_id)
+            for name, array in item.maps:
+                writer.put(image_id, name, array, compression=self.compression)
+            writer.set_image_attrs(image_id, **item.attrs)
+            self.seconds += time.perf_counter() - start
+
+    def submit(self, item: ImageMaps) -> float:
+        """Queue ITEM; returns the seconds spent waiting for room. Raises the writer's error."""
+        start = time.perf_counter()
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.items.put(item, timeout=0.2)
+                return time.perf_counter() - start
+            except queue.Full:
+                if not self.is_alive():
+                    raise RuntimeError("feature writer thread stopped") from self.error
+
+    def abort(self) -> None:
+        """Make the writer drop the shard in progress (its temporary file is deleted)."""
+        while self.is_alive():
+            try:
+                self.items.put(_ABORT, timeout=0.2)
+                break
+            except queue.Full:
+                try:
+                    self.items.get_nowait()
+                except queue.Empty:
+                    pass
+        self.join()
+
+
+class _Aborted(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------ stage
+
+
+@dataclass
+class CacheStats:
+    """What a cache-features run did, with where its time went (seconds)."""
+
+    root: Path
+    fingerprint: str
+    images: int
+    computed: int
+    scales: tuple[int, ...]
+    bytes_total: int = 0
+    wall: float = 0.0
+    forward: float = 0.0  # preprocessing + conv passes + device->host copy (main thread)
+    wait_load: float = 0.0  # main thread waiting for a decoded image
+    wait_write: float = 0.0  # main thread waiting for room in the writer queue
+    decode: float = 0.0  # decode + resize time in the loader threads
+    write: float = 0.0  # compression + write time in the writer thread
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_features(
+    dataset: Dataset,
+    work: WorkDir | str | Path,
+    config: FeatureConfig,
+    spp: SppConfig | None = None,
+    force: bool = False,
+    progress: bool = True,
+    loader_threads: int = 2,
+    compression: str | None = COMPRESSION,
+) -> CacheStats:
+    """Build (or resume) the conv5 cache of DATASET's split in WORK; returns what it did."""
+    work = work if isinstance(work, WorkDir) else WorkDir.at(work)
+    params = feature_params(config)
+    ids = [r.image_id for r in dataset.records]
+    root = work.features(dataset.split)
+    store = ShardedStore.create(root, KIND, params, ids, config.shard_size, force=force)
+    work.record_stage(
+        f"cache-features:{dataset.split}",
+        {"features": as_dict(config), "spp": as_dict(spp or SppConfig()), "store": params},
+    )
+    shards = store.pending_shards()
+    by_id = dataset.by_id()
+    records = [by_id[i] for k in shards for i in store.shard_image_ids(k)]
+    stats = CacheStats(root, store.meta.fingerprint, len(ids), len(records), tuple(config.scales))
+    if records:
+        device = resolve_device(config.device)
+        backbone = load_backbone(config.backbone, config.weights)
+        trunk = backbone.trunk.to(device).eval()
+        _run(store, shards, records, trunk, backbone.preprocessing, config, device, stats,
+             progress, loader_threads, compression)  # fmt: skip
+    stats.bytes_total = store.total_bytes()
+    store.close()
+    return stats
+
+
+def _run(
+    store: ShardedStore,
+    shards: list[int],
+    records: list[ImageRecord],
+    trunk: Trunk,
+    pre: Preprocessing,
+    config: FeatureConfig,
+    device: torch.device,
+    stats: CacheStats,
+    progress: bool,
+    loader_threads: int,
+    compression: str | None,
+) -> None:
+    dtype = DTYPES[config.dtype]
+    start = time.perf_counter()
+    writer = _Writer(store, shards, compression)
+    writer.start()
+    pool = ThreadPoolExecutor(max_workers=max(1, loader_threads), thread_name_prefix="sppdet-load")
+    bars = progress_bar(len(records), "cache-features", "img") if progress else nullcontext()
+    try:
+        with bars as bar:
+            loads = _prefetch(pool, records, config.scales, config.max_size, 2 * loader_threads)
+            for future in loads:
+                t0 = time.perf_counter()
+                loaded = future.result()
+                t1 = time.perf_counter()
+                maps = compute_conv5(trunk, pre, loaded.resized, device, config.flip, dtype)
+                stats.wait_load += t1 - t0
+                stats.forward += time.perf_counter() - t1
+                stats.decode += loaded.seconds
+                stats.wait_write += writer.submit(_image_maps(loaded, maps))
+                if bar is not None:
+                    bar.advance()
+            writer.join()
+        if writer.error is not None:
+            raise writer.error
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        stats.write = writer.seconds
+        stats.wall = time.perf_counter() - start
+
+
+def _image_maps(loaded: LoadedImage, maps: list[tuple[str, torch.Tensor]]) -> ImageMaps:
+    arrays = [(name, m.numpy()) for name, m in maps]
+    plain = [a for name, a in arrays if not name.endswith("_flip")]
+    attrs = {
+        "height": loaded.height,
+        "width": loaded.width,
+        "effective_scales": np.array([min(r.shape[:2]) for r in loaded.resized], np.int64),
+        "map_heights": np.array([a.shape[1] for a in plain], np.int64),
+        "map_widths": np.array([a.shape[2] for a in plain], np.int64),
+    }
+    return ImageMaps(loaded.image_id, arrays, attrs)

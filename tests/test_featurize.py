@@ -1,0 +1,235 @@
+"""cache-features: resizing and the size cap, stored maps, fingerprint, resume and crash safety."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import sppdet.detector.featurize as featurize
+from sppdet.cache.shards import ShardedStore, ShardWriter
+from sppdet.cache.workdir import WorkDir
+from sppdet.cli.app import run_app
+from sppdet.cli.main import load_commands
+from sppdet.detector.config import FeatureConfig, SppConfig
+from sppdet.detector.data import load_voc, read_image
+from sppdet.detector.errors import SppdetError
+from sppdet.detector.featurize import (
+    cache_features,
+    conv5_name,
+    feature_params,
+    resized_size,
+)
+from sppdet.detector.nets import (
+    ZF5_PREPROCESSING,
+    Preprocessing,
+    build_trunk,
+    save_backbone_checkpoint,
+)
+
+# (height, width) of the test images; the last one is a panorama that hits a 300 px cap.
+SIZES = [(60, 80), (90, 70), (64, 64), (40, 200), (75, 100)]
+
+
+def make_tiny_voc(root: Path, sizes=SIZES, split: str = "trainval") -> Path:
+    """A VOC tree with random PNG images (lossless) and one box each."""
+    rng = np.random.default_rng(0)
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i, (h, w) in enumerate(sizes):
+        image_id = f"im{i:02d}"
+        ids.append(image_id)
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.png"), image)
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.png</filename><size><width>{w}</width>"
+            f"<height>{h}</height><depth>3</depth></size><object><name>thing</name>"
+            f"<difficult>0</difficult><bndbox><xmin>2</xmin><ymin>3</ymin>"
+            f"<xmax>{w - 4}</xmax><ymax>{h - 5}</ymax></bndbox></object></annotation>"
+        )
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+CONFIG = FeatureConfig(scales=(100, 160), max_size=300, flip=True, shard_size=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> Path:
+    return make_tiny_voc(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture(scope="module")
+def built(voc, tmp_path_factory):
+    work = WorkDir.at(tmp_path_factory.mktemp("work"))
+    stats = cache_features(load_voc(voc, "trainval"), work, CONFIG, progress=False)
+    return work, stats
+
+
+def test_resized_size_and_the_cap():
+    assert resized_size(375, 500, 688, 2000) == (688, 917)
+    assert resized_size(500, 375, 600, None) == (800, 600)
+    # A 100x1000 panorama at scale 480 would be 480x4800; the 2000 cap makes it 200x2000:
+    # the effective scale is 200, not 480.
+    assert resized_size(100, 1000, 480, 2000) == (200, 2000)
+    assert resized_size(40, 200, 160, 300) == (60, 300)
+
+
+def test_stored_maps_are_the_trunk_outputs(voc, built):
+    work, stats = built
+    assert (stats.images, stats.computed) == (5, 5)
+    store = ShardedStore.open(work.features("trainval"), "features", "sppdet cache-features")
+    trunk = build_trunk("zf5").eval()
+    image = read_image(voc / "JPEGImages" / "im03.png")  # 40x200: capped at both scales
+    for k, scale in enumerate(CONFIG.scales):
+        h, w = resized_size(40, 200, scale, 300)
+        interp = cv2.INTER_AREA if h * w < 40 * 200 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (w, h), interpolation=interp)
+        x = ZF5_PREPROCESSING(resized)
+        with torch.inference_mode():
+            want = trunk(x)[0].half().numpy()
+            want_flip = trunk(x.flip(-1))[0].half().numpy()
+        got = store.get("im03", conv5_name(k))
+        assert got.dtype == np.float16 and got.shape == want.shape
+        assert np.array_equal(got, want)
+        assert np.array_equal(store.get("im03", conv5_name(k, True)), want_flip)
+    attrs = store.image_attrs("im03")
+    assert (attrs["height"], attrs["width"]) == (40, 200)
+    assert attrs["effective_scales"].tolist() == [60, 60]  # both scales capped to 60x300
+    assert attrs["map_widths"].tolist() == [store.get("im03", "conv5_s0").shape[2]] * 2
+    assert store.image_attrs("im00")["effective_scales"].tolist() == [100, 160]
+    store.close()
+
+
+def test_fingerprint_covers_every_setting(tmp_path):
+    base = feature_params(CONFIG)
+    assert (
+        base["weights"] == "random:seed0" and base["preprocessing"] == ZF5_PREPROCESSING.to_dict()
+    )
+    assert base["geometry"] == {"stride": 16, "offset": 20.0, "receptive_field": 139}
+    reference = FeatureConfig(scales=(100, 160), max_size=300, flip=True)
+    pre = Preprocessing((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), "RGB", 1.0)
+    variants = {
+        "backbone": "alexnet",
+        "weights": str(save_backbone_checkpoint(tmp_path / "w.pt", "zf5", build_trunk("zf5"), pre)),
+        "scales": (100,),
+        "max_size": 999,
+        "dtype": "float32",
+        "flip": False,
+    }
+    before = feature_params(reference)
+    for key, value in variants.items():
+        after = feature_params(dataclasses.replace(reference, **{key: value}))
+        assert after != before, key
+        if key == "weights":  # a file's identity is its hash; its preprocessing is recorded
+            assert after["weights"].startswith("file:") and after["preprocessing"] == pre.to_dict()
+    # device and shard size do not change the maps
+    same = dataclasses.replace(reference, device="cuda", shard_size=9)
+    assert feature_params(same) == before
+
+
+def test_other_settings_are_refused_unless_forced(voc, tmp_path):
+    dataset = load_voc(voc, "trainval")
+    config = FeatureConfig(scales=(100,), max_size=300, shard_size=3, device="cpu")
+    cache_features(dataset, tmp_path, config, progress=False)
+    other = FeatureConfig(scales=(120,), max_size=300, shard_size=3, device="cpu")
+    with pytest.raises(SppdetError, match=r"scales.*--force"):
+        cache_features(dataset, tmp_path, other, progress=False)
+    stats = cache_features(dataset, tmp_path, other, force=True, progress=False)
+    assert stats.computed == 5 and stats.scales == (120,)
+
+
+def test_crash_leaves_no_valid_partial_shard_and_rerun_resumes(voc, tmp_path, built):
+    dataset = load_voc(voc, "trainval")
+    real = featurize.compute_conv5
+    calls = []
+
+    def dies_on_the_fourth_image(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of shard 1 (images 2, 3)
+        return real(*args, **kwargs)
+
+    featurize.compute_conv5 = dies_on_the_fourth_image
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cache_features(dataset, tmp_path, CONFIG, progress=False)
+    finally:
+        featurize.compute_conv5 = real
+    root = WorkDir.at(tmp_path).features("trainval")
+    assert sorted(p.name for p in root.glob("shard-*")) == ["shard-00000.h5"]
+    with pytest.raises(SppdetError, match="incomplete"):
+        ShardedStore.open(root, "features", "sppdet cache-features")
+    (root / "shard-00002.h5.tmp-4242").write_bytes(b"half a shard from a killed process")
+    counted = []
+
+    def counting(*args, **kwargs):
+        counted.append(1)
+        return real(*args, **kwargs)
+
+    featurize.compute_conv5 = counting
+    try:
+        stats = cache_features(dataset, tmp_path, CONFIG, progress=False)
+    finally:
+        featurize.compute_conv5 = real
+    assert (stats.computed, len(counted)) == (3, 3)  # shards 1 and 2 only
+    assert not list(root.glob("*.tmp-*"))
+    resumed = ShardedStore.open(root, "features", "sppdet cache-features")
+    clean = ShardedStore.open(built[0].features("trainval"), "features", "sppdet cache-features")
+    for image_id in resumed:
+        for k in range(2):
+            for flip in (False, True):
+                name = conv5_name(k, flip)
+                assert np.array_equal(resumed.get(image_id, name), clean.get(image_id, name))
+    resumed.close()
+    clean.close()
+
+
+def test_writer_failure_propagates_and_drops_the_shard(voc, tmp_path, monkeypatch):
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ShardWriter, "put", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        cache_features(load_voc(voc, "trainval"), tmp_path, CONFIG, progress=False)
+    root = WorkDir.at(tmp_path).features("trainval")
+    assert not list(root.glob("shard-*"))
+
+
+def test_float32_storage_and_timing_breakdown(voc, tmp_path):
+    config = FeatureConfig(scales=(100,), dtype="float32", shard_size=5, device="cpu")
+    stats = cache_features(load_voc(voc, "trainval"), tmp_path, config, progress=False)
+    store = ShardedStore.open(stats.root, "features", "sppdet cache-features")
+    assert store.get("im01", "conv5_s0").dtype == np.float32
+    assert not store.has("im01", "conv5_s0_flip")
+    store.close()
+    assert stats.forward > 0 and stats.write > 0 and stats.decode > 0
+    assert (
+        stats.wall >= stats.forward
+        and stats.bytes_total == stats.root.joinpath("shard-00000.h5").stat().st_size
+    )
+    settings = WorkDir.at(tmp_path).settings()["cache-features:trainval"]["settings"]
+    assert settings["spp"]["pyramid"] == list(SppConfig().pyramid)
+
+
+def test_cli_cache_features_and_cache_info(voc, tmp_path, capsys):
+    load_commands()
+    work = str(tmp_path / "w")
+    args = ["cache-features", "--data", str(voc), "--scales", "100", "--work", work]
+    assert run_app([*args, "--device", "cpu", "--pyramid", "6"]) == 0
+    assert run_app(["cache-info", "--work", work]) == 0
+    out = capsys.readouterr().out
+    assert "5 of 5 cached" in out and "fingerprint" in out and "100" in out
+    assert run_app([*args, "--dtype", "float8"]) == 2
+    assert "--dtype 'float8'" in capsys.readouterr().err
+    assert run_app(["cache-info", "--work", str(tmp_path / "nothing")]) == 2
+    assert "run `sppdet cache-features` first" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        elsewhere = ["cache-features", "--data", str(voc), "--work", str(tmp_path / "gpu")]
+        assert run_app([*elsewhere, "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
