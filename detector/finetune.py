@@ -7,8 +7,10 @@ probability 1/2 when the cache holds flips.
 
 Sampling works in rounds so that memory stays bounded on large datasets: a round takes the next
 ``images_per_round`` images of a seeded shuffle and draws batches from their windows until, on
-average, each foreground window was seen once. Each round's randomness derives from (seed, round),
-so a run resumed from a checkpoint at a round boundary continues exactly as an uninterrupted run.
+average, each foreground window was seen once (at most ``max_batches_per_round``). All windows of
+a round are pooled up front, one pooling call per image and flip, instead of one per batch. Each
+round's randomness derives from (seed, round), so a run resumed from a checkpoint at a round
+boundary continues exactly as an uninterrupted run.
 A deterministic tenth of the images is held out; the log reports loss and foreground accuracy on
 a fixed sample of their windows.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,7 +42,12 @@ class PooledFeatures(Protocol):
     has_flip: bool
 
     def pooled(
-        self, image_id: str, boxes: np.ndarray, scales: np.ndarray | None, flipped: bool
+        self,
+        image_id: str,
+        boxes: np.ndarray,
+        scales: np.ndarray | None,
+        flipped: bool,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor: ...
 
 
@@ -97,46 +104,49 @@ def split_holdout(num_images: int, every: int = 10) -> tuple[np.ndarray, np.ndar
     return index[~held], index[held]
 
 
-def batches(
+def round_batches(
     table: WindowTable,
     train_images: np.ndarray,
     cfg: FinetuneConfig,
     num_scales: int,
     has_flip: bool,
-    images_per_round: int,
-    start_round: int = 0,
-) -> Iterator[tuple[int, Batch]]:
-    """Endless (round, batch) stream; round R depends only on (seed, R)."""
+    round_index: int,
+) -> list[Batch]:
+    """The mini-batches of round ROUND_INDEX; they depend only on (seed, round)."""
     n_fg = round(cfg.batch_size * cfg.fg_fraction)
     n_bg = cfg.batch_size - n_fg
-    rounds_per_epoch = max(1, math.ceil(len(train_images) / images_per_round))
-    round_index = start_round
-    while True:
-        epoch, position = divmod(round_index, rounds_per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(train_images)
-        chosen = order[position * images_per_round : (position + 1) * images_per_round]
-        rows = table.subset(chosen)
-        fg = rows[table.target[rows] > 0]
-        bg = rows[table.target[rows] == 0]
-        rng = np.random.default_rng([cfg.seed, 1_000_003, round_index])
-        for _ in range(max(1, math.ceil(len(fg) / max(n_fg, 1)))):
-            parts = []
-            if len(fg):
-                parts.append(rng.choice(fg, size=n_fg if len(bg) else cfg.batch_size))
-            if len(bg):
-                parts.append(rng.choice(bg, size=n_bg if len(fg) else cfg.batch_size))
-            picked = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-            if len(picked) == 0:
-                break
-            flips = rng.random(len(picked)) < 0.5 if has_flip else np.zeros(len(picked), bool)
-            yield round_index, Batch(picked, rng.integers(0, num_scales, len(picked)), flips)
-        round_index += 1
+    rounds_per_epoch = max(1, math.ceil(len(train_images) / cfg.images_per_round))
+    epoch, position = divmod(round_index, rounds_per_epoch)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(train_images)
+    chosen = order[position * cfg.images_per_round : (position + 1) * cfg.images_per_round]
+    rows = table.subset(chosen)
+    fg = rows[table.target[rows] > 0]
+    bg = rows[table.target[rows] == 0]
+    if len(fg) + len(bg) == 0:
+        return []
+    rng = np.random.default_rng([cfg.seed, 1_000_003, round_index])
+    count = min(cfg.max_batches_per_round, max(1, math.ceil(len(fg) / max(n_fg, 1))))
+    out = []
+    for _ in range(count):
+        parts = []
+        if len(fg):
+            parts.append(rng.choice(fg, size=n_fg if len(bg) else cfg.batch_size))
+        if len(bg):
+            parts.append(rng.choice(bg, size=n_bg if len(fg) else cfg.batch_size))
+        picked = np.concatenate(parts)
+        flips = rng.random(len(picked)) < 0.5 if has_flip else np.zeros(len(picked), bool)
+        out.append(Batch(picked, rng.integers(0, num_scales, len(picked)), flips))
+    return out
 
 
 def pool_batch(
-    pooler: PooledFeatures, table: WindowTable, rows: np.ndarray, scales: np.ndarray | None,
+    pooler: PooledFeatures,
+    table: WindowTable,
+    rows: np.ndarray,
+    scales: np.ndarray | None,
     flipped: np.ndarray,
-) -> torch.Tensor:  # fmt: skip
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Pooled features of table ROWS, one pooler call per (image, flip) group, in ROWS order."""
     key = table.image[rows] * 2 + flipped.astype(np.int64)
     order = np.argsort(key, kind="stable")
@@ -147,7 +157,13 @@ def pool_batch(
         image_id = table.image_ids[int(table.image[rows[group[0]]])]
         group_scales = None if scales is None else scales[group]
         chunks.append(
-            pooler.pooled(image_id, table.boxes[rows[group]], group_scales, bool(flipped[group[0]]))
+            pooler.pooled(
+                image_id,
+                table.boxes[rows[group]],
+                group_scales,
+                bool(flipped[group[0]]),
+                dtype=dtype,
+            )
         )
     out = torch.cat(chunks)
     inverse = torch.empty(len(order), dtype=torch.long)
@@ -203,7 +219,6 @@ def train(
     pooler: PooledFeatures,
     table: WindowTable,
     cfg: FinetuneConfig,
-    images_per_round: int,
     state: TrainState,
     optimizer_state: dict | None,
     save: Callable[[TrainState, dict], None],
@@ -221,40 +236,53 @@ def train(
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     head.train()
-    iteration, current_round, last_saved = state.iteration, state.round_index, state.iteration
-    torch.manual_seed(cfg.seed * 1_000_003 + current_round)
-    stream = batches(
-        table, train_images, cfg, pooler.num_scales, pooler.has_flip, images_per_round,
-        current_round,
-    )  # fmt: skip
-    for round_index, batch in stream:
-        if round_index != current_round:  # a round boundary: the only place to stop or save
-            current_round = round_index
+    iteration, round_index, last_saved = state.iteration, state.round_index, state.iteration
+    while iteration < cfg.iterations:
+        # A round boundary: the only place to save, so that resuming is exact.
+        if iteration - last_saved >= cfg.checkpoint_every:
+            save(TrainState(iteration, round_index, state.history), optimizer.state_dict())
+            last_saved = iteration
+        torch.manual_seed(cfg.seed * 1_000_003 + round_index)
+        plan = round_batches(
+            table, train_images, cfg, pooler.num_scales, pooler.has_flip, round_index
+        )
+        round_index += 1
+        if not plan:
+            continue
+        # One pooling call per (image, flip) for the whole round, kept in float16.
+        features = pool_batch(
+            pooler,
+            table,
+            np.concatenate([b.rows for b in plan]),
+            np.concatenate([b.scales for b in plan]),
+            np.concatenate([b.flipped for b in plan]),
+            dtype=torch.float16,
+        )
+        offset = 0
+        for batch in plan:
             if iteration >= cfg.iterations:
                 break
-            if iteration - last_saved >= cfg.checkpoint_every:
-                save(TrainState(iteration, round_index, state.history), optimizer.state_dict())
-                last_saved = iteration
-            torch.manual_seed(cfg.seed * 1_000_003 + round_index)
-        if iteration >= cfg.iterations:
-            continue  # drain the round: stopping mid-round would make resume inexact
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, iteration)
-        features = pool_batch(pooler, table, batch.rows, batch.scales, batch.flipped)
-        targets = torch.as_tensor(table.target[batch.rows])
-        loss = nn.functional.cross_entropy(head(features), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        iteration += 1
-        if on_iteration is not None:
-            on_iteration(iteration, loss.item())
-        if held is not None and (iteration % cfg.log_every == 0 or iteration == cfg.iterations):
-            metrics = {"iteration": iteration, "train_loss": loss.item(), **held.evaluate(head)}
-            state.history.append(metrics)
-            log.info(
-                "iteration %d: train loss %.4f, held-out loss %.4f, fg accuracy %.3f",
-                iteration, metrics["train_loss"], metrics["loss"], metrics["fg_accuracy"],
-            )  # fmt: skip
+            x = features[offset : offset + len(batch.rows)].float()
+            offset += len(batch.rows)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, iteration)
+            targets = torch.as_tensor(table.target[batch.rows])
+            loss = nn.functional.cross_entropy(head(x), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            if on_iteration is not None:
+                on_iteration(iteration, loss.item())
+            if held is not None and (iteration % cfg.log_every == 0 or iteration == cfg.iterations):
+                metrics = {"iteration": iteration, "train_loss": loss.item(), **held.evaluate(head)}
+                state.history.append(metrics)
+                log.info(
+                    "iteration %d: train loss %.4f, held-out loss %.4f, fg accuracy %.3f",
+                    iteration,
+                    metrics["train_loss"],
+                    metrics["loss"],
+                    metrics["fg_accuracy"],
+                )
     head.eval()
-    return TrainState(iteration, current_round, state.history)
+    return TrainState(iteration, round_index, state.history)

@@ -30,19 +30,28 @@ class Candidates:
 
     @classmethod
     def empty(cls) -> Candidates:
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32),
-                   np.zeros(0, np.float32), np.zeros(0, np.int64))  # fmt: skip
+        return cls(
+            np.zeros((0, 4), np.float32),
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+        )
 
     @classmethod
     def concatenate(cls, parts: list[Candidates]) -> Candidates:
         if not parts:
             return cls.empty()
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                     ("windows", "boxes", "scores", "labels")))  # fmt: skip
+        return cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("windows", "boxes", "scores", "labels")
+            )
+        )
 
     def take(self, index: np.ndarray) -> Candidates:
-        return Candidates(self.windows[index], self.boxes[index], self.scores[index],
-                          self.labels[index])  # fmt: skip
+        return Candidates(
+            self.windows[index], self.boxes[index], self.scores[index], self.labels[index]
+        )
 
     def __len__(self) -> int:
         return len(self.scores)

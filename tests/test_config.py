@@ -15,8 +15,10 @@ def test_released_defaults_follow_spec() -> None:
     assert (cfg.svm.C, cfg.svm.positive_weight, cfg.svm.bias_feature) == (0.001, 2.0, 10.0)
     assert (cfg.svm.hard_threshold, cfg.svm.evict_threshold) == (-1.0001, -1.2)
     assert (cfg.detect.score_threshold, cfg.detect.nms_iou, cfg.detect.max_per_class) == (
-        -1.5, 0.3, 100,
-    )  # fmt: skip
+        -1.5,
+        0.3,
+        100,
+    )
     assert cfg.bbox.ridge_lambda == 4000.0
     assert (cfg.finetune.base_lr, cfg.finetune.lr_steps) == (1e-3, (30_000, 60_000))
 
@@ -26,8 +28,10 @@ def test_paper_preset_differs_where_the_paper_does() -> None:
     assert cfg.features.scales == PAPER_SCALES_5 == (480, 576, 688, 864, 1200)
     assert cfg.spp.scale_rule == "area224"
     assert (cfg.finetune.base_lr, cfg.finetune.lr_steps, cfg.finetune.iterations) == (
-        1e-4, (250_000,), 300_000,
-    )  # fmt: skip
+        1e-4,
+        (250_000,),
+        300_000,
+    )
 
 
 def test_override_ignores_options_not_given() -> None:

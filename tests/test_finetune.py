@@ -15,9 +15,9 @@ from sppdet.detector.data import ImageRecord
 from sppdet.detector.finetune import (
     TrainState,
     WindowTable,
-    batches,
     learning_rate,
     pool_batch,
+    round_batches,
     split_holdout,
     train,
 )
@@ -32,8 +32,17 @@ def _records(n: int) -> list[ImageRecord]:
     for i in range(n):
         x, y = rng.integers(10, 60, size=2)
         box = np.array([[x, y, x + 40, y + 40]], np.float32)
-        out.append(ImageRecord(f"im{i}", Path(f"im{i}.jpg"), 120, 120, box,
-                               np.array([i % NUM_CLASSES]), np.array([False])))  # fmt: skip
+        out.append(
+            ImageRecord(
+                f"im{i}",
+                Path(f"im{i}.jpg"),
+                120,
+                120,
+                box,
+                np.array([i % NUM_CLASSES]),
+                np.array([False]),
+            )
+        )
     return out
 
 
@@ -58,22 +67,35 @@ class GeometryPooler:
         self.by_id = {r.image_id: r for r in records}
         self.calls: list[tuple[str, bool]] = []
 
-    def pooled(self, image_id, boxes, scales, flipped):  # type: ignore[no-untyped-def]
+    def pooled(self, image_id, boxes, scales, flipped, dtype=torch.float32):  # type: ignore[no-untyped-def]
         self.calls.append((image_id, flipped))
         record = self.by_id[image_id]
         iou = iou_matrix(boxes, record.boxes)[:, 0]
         one_hot = np.eye(NUM_CLASSES)[record.labels[0]]
         scale = np.zeros(len(boxes)) if scales is None else np.asarray(scales, float)
         feats = np.concatenate(
-            [4 * iou[:, None] * one_hot[None], 4 * iou[:, None], scale[:, None] / 3,
-             np.full((len(boxes), 1), float(flipped))], axis=1,
-        )  # fmt: skip
-        return torch.as_tensor(feats, dtype=torch.float32)
+            [
+                4 * iou[:, None] * one_hot[None],
+                4 * iou[:, None],
+                scale[:, None] / 3,
+                np.full((len(boxes), 1), float(flipped)),
+            ],
+            axis=1,
+        )
+        return torch.as_tensor(feats, dtype=dtype)
 
 
 def _cfg(**changes: object) -> FinetuneConfig:
-    base = FinetuneConfig(base_lr=0.05, lr_steps=(80,), iterations=150, checkpoint_every=10,
-                          log_every=20, batch_size=32, dropout=0.0)  # fmt: skip
+    base = FinetuneConfig(
+        base_lr=0.05,
+        lr_steps=(80,),
+        iterations=150,
+        checkpoint_every=10,
+        log_every=20,
+        batch_size=32,
+        dropout=0.0,
+        images_per_round=4,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -82,8 +104,10 @@ def test_batches_have_a_quarter_foreground_and_random_scales_and_flips() -> None
     cfg = _cfg()
     table = WindowTable.build(records, _proposals(records), NUM_CLASSES, cfg)
     assert set(np.unique(table.target)) <= {0, 1, 2} and (table.target > 0).any()
-    stream = batches(table, np.arange(12), cfg, num_scales=3, has_flip=True, images_per_round=4)
-    _, batch = next(stream)
+    plan = round_batches(table, np.arange(12), cfg, num_scales=3, has_flip=True, round_index=0)
+    batch = plan[0]
+    fg_in_round = (table.target[table.subset(np.unique(table.image[batch.rows]))] > 0).sum()
+    assert len(plan) == -(-fg_in_round // 8)  # each foreground window seen once on average
     assert len(batch.rows) == 32 and (table.target[batch.rows] > 0).sum() == 8
     assert set(batch.scales.tolist()) <= {0, 1, 2} and batch.flipped.any()
     assert len(np.unique(table.image[batch.rows])) <= 4  # drawn from the round's images only
@@ -97,8 +121,12 @@ def test_pool_batch_keeps_row_order() -> None:
     flips = np.array([True, False, False, True, False])
     out = pool_batch(pooler, table, rows, np.array([0, 1, 2, 0, 1]), flips)
     for i, row in enumerate(rows):
-        alone = pooler.pooled(table.image_ids[table.image[row]], table.boxes[[row]],
-                              np.array([[0, 1, 2, 0, 1][i]]), bool(flips[i]))  # fmt: skip
+        alone = pooler.pooled(
+            table.image_ids[table.image[row]],
+            table.boxes[[row]],
+            np.array([[0, 1, 2, 0, 1][i]]),
+            bool(flips[i]),
+        )
         torch.testing.assert_close(out[i : i + 1], alone)
 
 
@@ -129,7 +157,7 @@ def test_training_learns_and_resume_is_exact() -> None:
     def save(state: TrainState, optim: dict) -> None:
         saved.append((copy.deepcopy(state), copy.deepcopy(optim), copy.deepcopy(head.state_dict())))
 
-    final = train(head, pooler, table, cfg, 4, TrainState(0, 0, []), None, save)
+    final = train(head, pooler, table, cfg, TrainState(0, 0, []), None, save)
     assert final.iteration == 150
     assert final.history[-1]["fg_accuracy"] > 0.9  # chance is 1/2 among foreground classes
     assert final.history[-1]["loss"] < 0.5 * final.history[0]["loss"]
@@ -139,6 +167,6 @@ def test_training_learns_and_resume_is_exact() -> None:
     assert 0 < state.iteration < 150
     resumed = _head()
     resumed.load_state_dict(weights)
-    train(resumed, pooler, table, cfg, 4, state, optim, lambda *_: None)
+    train(resumed, pooler, table, cfg, state, optim, lambda *_: None)
     for key, value in head.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)

@@ -1,0 +1,64 @@
+"""``sppdet detect`` and ``sppdet combine``: scored windows to VOC and COCO results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from sppdet.cache.workdir import WorkDir
+from sppdet.cli.app import app
+from sppdet.cli.options import ClassesOption, DataOption, ForceOption, PresetOption, WorkOption
+from sppdet.detector.config import preset
+from sppdet.detector.data import load_dataset, parse_classes
+from sppdet.detector.detect import run_combine, run_detect
+from sppdet.detector.training import open_split
+
+TestSplitOption = typer.Option("test", "--split", help="Split to detect on.")
+
+
+def _report(result: dict, console: Console) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in result["detections"].items())
+    console.print(f"detections per class: {counts}")
+    console.print(f"wrote VOC results files and COCO JSON to {result['out']}")
+
+
+@app.command("detect")
+def detect_command(
+    data: Path = DataOption,
+    split: str = TestSplitOption,
+    classes: str = ClassesOption,
+    work: Path = WorkOption,
+    preset_name: str = PresetOption,
+    out: Path = typer.Option(
+        None, "--out", help="Results folder [default: WORK/detections/SPLIT]."
+    ),
+    bbox: bool = typer.Option(True, "--bbox/--no-bbox", help="Apply box regression."),
+    force: bool = ForceOption,
+) -> None:
+    """Score every proposal with every class SVM; keep > -1.5, NMS 0.3, regress, top 100."""
+    workdir = WorkDir.at(work)
+    cfg = preset(preset_name).detect
+    inputs = open_split(workdir, data, split, classes, model_classes_from="svm")
+    result = run_detect(workdir, inputs, cfg, bbox, out, force)
+    _report(result, Console())
+
+
+@app.command("combine")
+def combine_command(
+    works: list[Path] = typer.Option(..., "--work", help="Work folders of the models (2 or more)."),
+    out: Path = typer.Option(..., "--out", help="Results folder of the combination."),
+    data: Path = DataOption,
+    split: str = TestSplitOption,
+    classes: str = ClassesOption,
+    preset_name: str = PresetOption,
+) -> None:
+    """Model combination (paper 4.4): NMS over the union of the models' scored windows."""
+    workdirs = [WorkDir.at(w) for w in works]
+    names = parse_classes(classes)
+    if names is None:
+        names = tuple(workdirs[0].load_model("svm", "sppdet train-svm")["classes"])
+    dataset = load_dataset(data, split, names)
+    result = run_combine(workdirs, dataset, preset(preset_name).detect, out)
+    _report(result, Console())

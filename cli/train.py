@@ -1,0 +1,115 @@
+"""``sppdet finetune``, ``sppdet train-svm`` and ``sppdet train-bbox``: the training stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from sppdet.cache.workdir import WorkDir
+from sppdet.cli.app import app
+from sppdet.cli.options import (
+    ClassesOption,
+    DataOption,
+    ForceOption,
+    PresetOption,
+    SplitOption,
+    WorkOption,
+)
+from sppdet.detector.config import override, preset
+from sppdet.detector.training import open_split, run_finetune, run_train_bbox, run_train_svm
+
+
+@app.command("finetune")
+def finetune_command(
+    data: Path = DataOption,
+    split: str = SplitOption,
+    classes: str = ClassesOption,
+    work: Path = WorkOption,
+    preset_name: str = PresetOption,
+    iterations: int = typer.Option(None, "--iterations", help="Mini-batches to train."),
+    lr: float = typer.Option(None, "--lr", help="Base learning rate (dropped 10x at each step)."),
+    fc_dim: int = typer.Option(
+        None, "--fc-dim", help="fc6/fc7 width when the backbone has no fc6/fc7 of its own."
+    ),
+    seed: int = typer.Option(None, "--seed", help="Seed of sampling, dropout and fc8's init."),
+    force: bool = ForceOption,
+) -> None:
+    """Fine-tune fc6, fc7 and a new fc8 (K+1 outputs) on pooled windows from the conv5 cache.
+
+    Foreground: IoU >= 0.5 with a ground-truth box (boxes included); background: IoU in
+    [0.1, 0.5). Batches of 128, 25% foreground, each window at a random cached scale. Resumes from
+    the last checkpoint after an interrupt.
+    """
+    cfg = override(
+        preset(preset_name).finetune, iterations=iterations, base_lr=lr, fc_dim=fc_dim, seed=seed
+    )
+    workdir = WorkDir.at(work)
+    inputs = open_split(workdir, data, split, classes)
+    result = run_finetune(workdir, inputs, cfg, force=force)
+    console = Console()
+    if result.get("skipped"):
+        console.print(f"{workdir.model('finetune')} is up to date (use --force to retrain)")
+        return
+    console.print(result["origin"])
+    for entry in result["history"][-3:]:
+        console.print(
+            f"iteration {entry['iteration']}: train loss {entry['train_loss']:.4f}, held-out "
+            f"loss {entry['loss']:.4f}, foreground accuracy {entry['fg_accuracy']:.3f}"
+        )
+    console.print(f"wrote {workdir.model('finetune')} after {result['iterations']} iterations")
+
+
+@app.command("train-svm")
+def train_svm_command(
+    data: Path = DataOption,
+    split: str = SplitOption,
+    classes: str = ClassesOption,
+    work: Path = WorkOption,
+    preset_name: str = PresetOption,
+    layer: str = typer.Option(
+        None, "--layer", help="Features: pool5, fc6 or fc7 (after ReLU).", show_default="fc7"
+    ),
+    finetuned: bool = typer.Option(
+        True,
+        "--finetuned/--no-finetuned",
+        help="fc6/fc7 of the fine-tuned head (needs `sppdet finetune`) or of the backbone: with "
+        "--layer, the rows of the paper's Table 9.",
+    ),
+    force: bool = ForceOption,
+) -> None:
+    """One linear SVM per class with hard-negative mining (liblinear, C=0.001, w+ = 2, bias 10)."""
+    cfg = override(preset(preset_name).svm, layer=layer)
+    workdir = WorkDir.at(work)
+    inputs = open_split(workdir, data, split, classes)
+    result = run_train_svm(workdir, inputs, cfg, finetuned, force)
+    console = Console()
+    if result.get("skipped"):
+        console.print(f"{workdir.model('svm')} is up to date (use --force to retrain)")
+        return
+    for name, stats in result["stats"].items():
+        console.print(
+            f"{name}: {stats['retrains']} retrains, {stats['cached_negatives']} hard negatives kept"
+        )
+    console.print(f"feature scale {result['scale']:.4g}; wrote {workdir.model('svm')}")
+
+
+@app.command("train-bbox")
+def train_bbox_command(
+    data: Path = DataOption,
+    split: str = SplitOption,
+    classes: str = ClassesOption,
+    work: Path = WorkOption,
+    preset_name: str = PresetOption,
+    force: bool = ForceOption,
+) -> None:
+    """Per-class ridge regressors (lambda 4000) from pool5 features to whitened R-CNN deltas."""
+    cfg = preset(preset_name).bbox
+    workdir = WorkDir.at(work)
+    result = run_train_bbox(workdir, open_split(workdir, data, split, classes), cfg, force)
+    if result.get("skipped"):
+        Console().print(f"{workdir.model('bbox')} is up to date (use --force to retrain)")
+        return
+    samples = ", ".join(f"{k} {v}" for k, v in result["samples"].items())
+    Console().print(f"samples per class: {samples}; wrote {workdir.model('bbox')}")

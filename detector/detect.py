@@ -1,0 +1,199 @@
+"""The test stages: detect (score, regress, NMS, write results) and combine (paper §4.4).
+
+``detect`` scores every proposal of every image with every class SVM, on the features of the
+window's best scale, keeps scores above -1.5, regresses those boxes and stores them per image as
+*candidates* in WORK/detections/<split>/candidates (a sharded store, so detect resumes after an
+interrupt and ``combine`` can take the union of two models' candidates). Per-class NMS at 0.3 and
+the top 100 per class then give the detections, written as VOC results files and COCO JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sppdet.cache.fingerprint import fingerprint
+from sppdet.cache.shards import ShardedStore, ShardWriter
+from sppdet.cache.workdir import WorkDir
+from sppdet.detector.bbox_reg import BoxRegressor
+from sppdet.detector.boxes import clip_boxes
+from sppdet.detector.config import DetectConfig, as_dict
+from sppdet.detector.data import Dataset
+from sppdet.detector.errors import SppdetError
+from sppdet.detector.evaluate import ClassDetections, write_coco_results, write_voc_results
+from sppdet.detector.heads import FcHead
+from sppdet.detector.postprocess import Candidates, select, threshold_scores
+from sppdet.detector.progress import progress_bar
+from sppdet.detector.svm import LinearScorer
+from sppdet.detector.training import (
+    FEATURE_CHUNK,
+    SplitInputs,
+    feature_head,
+    load_bbox,
+    load_svm,
+)
+
+CANDIDATES_KIND = "candidates"
+CANDIDATE_FIELDS = ("windows", "boxes", "scores", "labels")
+
+
+@dataclass
+class Detector:
+    """The heads of one trained model, ready to score the pooled features of windows."""
+
+    head: FcHead | None
+    layer: str
+    scorer: LinearScorer
+    svm_scale: float
+    regressor: BoxRegressor | None
+    bbox_scale: float
+    cfg: DetectConfig
+
+    def candidates(
+        self, pooled: torch.Tensor, boxes: np.ndarray, width: int, height: int
+    ) -> Candidates:
+        """Candidates of one image from the pooled features [N, D] of its windows BOXES [N, 4]."""
+        with torch.no_grad():
+            x = pooled if self.head is None else self.head.features(pooled, self.layer)
+        scores = self.scorer.score(x.numpy() * self.svm_scale)
+        rows, labels = threshold_scores(scores, self.cfg.score_threshold)
+        windows = boxes[rows].astype(np.float32)
+        regressed = windows
+        if self.regressor is not None and len(rows):
+            feats = pooled[torch.from_numpy(rows)].numpy() * self.bbox_scale
+            regressed = clip_boxes(self.regressor.apply(windows, feats, labels), width, height)
+        return Candidates(windows, regressed.astype(np.float32), scores[rows, labels], labels)
+
+
+def load_detector(work: WorkDir, inputs: SplitInputs, cfg: DetectConfig, bbox: bool) -> Detector:
+    scorer, svm = load_svm(work, inputs)
+    head = feature_head(work, inputs, svm["layer"], svm["finetuned"])
+    regressor, bbox_scale = load_bbox(work, inputs) if bbox else (None, 1.0)
+    return Detector(head, svm["layer"], scorer, float(svm["scale"]), regressor, bbox_scale, cfg)
+
+
+def detector_fingerprint(work: WorkDir, cfg: DetectConfig, bbox: bool) -> dict[str, Any]:
+    svm = work.load_model("svm", "sppdet train-svm")
+    made = {"svm": svm["fingerprint"], "detect": as_dict(cfg), "bbox": None}
+    if bbox:
+        made["bbox"] = work.load_model("bbox", "sppdet train-bbox")["fingerprint"]
+    return made
+
+
+def _image_candidates(inputs: SplitInputs, detector: Detector, image_id: str) -> Candidates:
+    boxes = inputs.proposals(image_id)
+    record_size = inputs.cache.image_info(image_id)
+    parts = []
+    for start in range(0, len(boxes), FEATURE_CHUNK):
+        chunk = boxes[start : start + FEATURE_CHUNK]
+        pooled = inputs.cache.pooled(image_id, chunk)
+        parts.append(detector.candidates(pooled, chunk, record_size.width, record_size.height))
+    return Candidates.concatenate(parts)
+
+
+def run_detect(
+    work: WorkDir,
+    inputs: SplitInputs,
+    cfg: DetectConfig,
+    bbox: bool = True,
+    out: Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Detect on every image of the split; returns the output folder and detection counts."""
+    inputs.check_images()
+    detector = load_detector(work, inputs, cfg, bbox)
+    split = inputs.dataset.split
+    params = {
+        **detector_fingerprint(work, cfg, bbox),
+        "inputs": inputs.inputs_fingerprint,
+    }
+    ids = [r.image_id for r in inputs.dataset.records]
+    store = ShardedStore.create(
+        work.detections(split) / "candidates", CANDIDATES_KIND, params, ids, 8, force=force
+    )
+    work.record_stage(f"detect:{split}", {"detect": as_dict(cfg), "bbox": bbox})
+
+    def fill(writer: ShardWriter, image_ids: list[str]) -> None:
+        for image_id in image_ids:
+            cands = _image_candidates(inputs, detector, image_id)
+            for name in CANDIDATE_FIELDS:
+                writer.put(image_id, name, getattr(cands, name))
+            bar.advance()
+
+    pending = store.pending_shards()
+    todo = sum(len(store.shard_image_ids(k)) for k in pending)
+    with progress_bar(todo, f"detect {split}") as bar:
+        for shard in pending:
+            store.write_shard(shard, fill)
+    out = out or work.detections(split)
+    detections = finish([store], inputs.dataset, cfg, out)
+    store.close()
+    return {"out": str(out), "detections": {k: len(v) for k, v in detections.items()}}
+
+
+def read_candidates(store: ShardedStore, image_id: str) -> Candidates:
+    return Candidates(*(store.get(image_id, name) for name in CANDIDATE_FIELDS))
+
+
+def finish(
+    stores: list[ShardedStore], dataset: Dataset, cfg: DetectConfig, out: Path
+) -> Mapping[str, ClassDetections]:
+    """NMS over the union of the stores' candidates per image; write VOC and COCO results."""
+    per_class: dict[int, list[tuple[str, Candidates]]] = {}
+    for record in dataset.records:
+        kept = select(
+            Candidates.concatenate([read_candidates(s, record.image_id) for s in stores]), cfg
+        )
+        for k in np.unique(kept.labels):
+            per_class.setdefault(int(k), []).append(
+                (record.image_id, kept.take(np.nonzero(kept.labels == k)[0]))
+            )
+    detections = {}
+    for k, name in enumerate(dataset.classes):
+        parts = per_class.get(k, [])
+        detections[name] = ClassDetections(
+            np.concatenate([[i] * len(c) for i, c in parts]) if parts else np.zeros(0, str),
+            np.concatenate([c.scores for _, c in parts]) if parts else np.zeros(0),
+            np.concatenate([c.boxes for _, c in parts]) if parts else np.zeros((0, 4)),
+        )
+    write_voc_results(out, dataset.split, dataset.classes, detections)
+    write_coco_results(out / f"coco_results_{dataset.split}.json", dataset, detections)
+    return detections
+
+
+def run_combine(
+    works: list[WorkDir], dataset: Dataset, cfg: DetectConfig, out: Path
+) -> dict[str, Any]:
+    """Model combination: NMS over the union of several work folders' candidates (§4.4)."""
+    if len(works) < 2:
+        raise SppdetError("combine needs at least two --work folders")
+    stores = []
+    for work in works:
+        root = work.detections(dataset.split) / "candidates"
+        store = ShardedStore.open(root, CANDIDATES_KIND, f"sppdet detect --work {work.root}")
+        missing = set(r.image_id for r in dataset.records) - set(store.meta.image_ids)
+        if missing:
+            raise SppdetError(
+                f"{root}: detections lack {len(missing)} images of split {dataset.split!r}; "
+                f"rerun `sppdet detect --work {work.root}` on the same data"
+            )
+        stores.append(store)
+    classes = [tuple(w.load_model("svm", "sppdet train-svm")["classes"]) for w in works]
+    if any(c != tuple(dataset.classes) for c in classes):
+        raise SppdetError(
+            f"the models were trained for different classes ({classes}); combine needs the same"
+        )
+    fp = fingerprint({"combine": [s.meta.fingerprint for s in stores], "detect": as_dict(cfg)})
+    detections = finish(stores, dataset, cfg, out)
+    for store in stores:
+        store.close()
+    return {
+        "out": str(out),
+        "fingerprint": fp,
+        "detections": {k: len(v) for k, v in detections.items()},
+    }
