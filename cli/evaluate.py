@@ -25,7 +25,7 @@ def _ap_text(ap: float | None) -> str:
     return "n/a" if ap is None else f"{100 * ap:.2f}"
 
 
-def _print_voc(evaluation: VocEvaluation, console: Console) -> None:
+def print_voc(evaluation: VocEvaluation, console: Console) -> None:
     title = "VOC2007 11-point AP" if evaluation.metric == "voc2007" else "VOC2010 all-point AP"
     table = Table(title=f"{title}, split {evaluation.split!r}")
     # "on difficult": detections matched to a difficult box, neither TP nor FP.
@@ -109,7 +109,7 @@ def evaluate(
     else:
         metric = "voc2010" if voc2010 else "voc2007"
         evaluation = evaluate_voc_folder(data, split, detections, parse_classes(classes), metric)
-        _print_voc(evaluation, console)
+        print_voc(evaluation, console)
     for note in evaluation.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     if json_out is not None:

@@ -1,0 +1,113 @@
+"""`sppdet run` and `sppdet demo`: every stage in order, each skipped when already done.
+
+The stages are the same functions the single commands call; each one resumes or skips by
+itself (stores resume shard by shard, a model whose inputs and settings are unchanged is kept), so
+re-running ``sppdet run`` after an interrupt continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sppdet.cache.atomic import write_json
+from sppdet.cache.workdir import WorkDir
+from sppdet.detector.config import PipelineConfig
+from sppdet.detector.data import Dataset, load_dataset, read_image
+from sppdet.detector.detect import run_detect
+from sppdet.detector.draw import draw_detections
+from sppdet.detector.evaluate import VocEvaluation, evaluate_voc_folder, read_voc_results
+from sppdet.detector.featurize import cache_features
+from sppdet.detector.training import open_split, run_finetune, run_train_bbox, run_train_svm
+from sppdet.proposals.stage import run_proposals
+
+
+@dataclass
+class RunReport:
+    seconds: dict[str, float] = field(default_factory=dict)
+    evaluation: VocEvaluation | None = None
+    drawings: list[Path] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "map": None if self.evaluation is None else self.evaluation.map,
+            "ap": {}
+            if self.evaluation is None
+            else {r.name: r.ap for r in self.evaluation.results},
+        }
+
+
+def run_pipeline(
+    data: str | Path,
+    work: WorkDir,
+    cfg: PipelineConfig,
+    train_split: str = "trainval",
+    test_split: str = "test",
+    classes: tuple[str, ...] | None = None,
+    workers: int = 1,
+    bbox: bool = True,
+    say: Callable[[str], None] = print,
+) -> RunReport:
+    """Propose, cache, fine-tune, train the SVMs and regressors, detect and evaluate."""
+    report = RunReport()
+    train_set = load_dataset(data, train_split, classes)
+    test_set = load_dataset(data, test_split, train_set.classes)
+
+    def stage(name: str, action: Callable[[], Any]) -> Any:
+        say(f"[{len(report.seconds) + 1}/9] {name}")
+        start = time.perf_counter()
+        result = action()
+        report.seconds[name] = round(time.perf_counter() - start, 3)
+        return result
+
+    for dataset in (train_set, test_set):
+        stage(
+            f"propose {dataset.split}",
+            lambda d=dataset: run_proposals(d, work, cfg.proposals, workers=workers),
+        )
+    for dataset in (train_set, test_set):
+        stage(
+            f"cache-features {dataset.split}",
+            lambda d=dataset: cache_features(d, work, cfg.features, cfg.spp),
+        )
+    train_inputs = open_split(work, data, train_split, train_set.classes)
+    stage("finetune", lambda: run_finetune(work, train_inputs, cfg.finetune))
+    stage("train-svm", lambda: run_train_svm(work, train_inputs, cfg.svm))
+    stage("train-bbox", lambda: run_train_bbox(work, train_inputs, cfg.bbox))
+    test_inputs = open_split(work, data, test_split, train_set.classes)
+    stage("detect", lambda: run_detect(work, test_inputs, cfg.detect, bbox=bbox))
+    report.evaluation = stage(
+        "evaluate",
+        lambda: evaluate_voc_folder(
+            data, test_split, work.detections(test_split), classes=train_set.classes
+        ),
+    )
+    write_json(work.report("eval.json"), report.evaluation.to_json())
+    write_json(work.report("run.json"), report.to_json())
+    return report
+
+
+def draw_split(dataset: Dataset, results: Path, out: Path, count: int, top: int = 5) -> list[Path]:
+    """Pictures of the TOP best-scoring detections of each of the first COUNT images."""
+    detections = read_voc_results(results, dataset.split, dataset.classes).detections
+    image_ids = np.concatenate([detections[name].image_ids for name in dataset.classes])
+    boxes = np.concatenate([detections[name].boxes for name in dataset.classes])
+    scores = np.concatenate([detections[name].scores for name in dataset.classes])
+    labels = np.concatenate(
+        [np.full(len(detections[name]), k) for k, name in enumerate(dataset.classes)]
+    )
+    paths = []
+    for record in dataset.records[:count]:
+        rows = np.nonzero(image_ids == record.image_id)[0]
+        rows = rows[np.argsort(-scores[rows], kind="stable")[:top]]
+        picture = draw_detections(
+            read_image(record.path), boxes[rows], labels[rows], scores[rows], dataset.classes
+        )
+        paths.append(picture.save(out / f"{record.image_id}.png"))
+    return paths
