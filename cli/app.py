@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from sppdet.detector.errors import SppdetError
+
+try:  # typer >= 0.2x vendors click; its usage errors derive from TyperException
+    from typer import TyperException as UsageFailure
+except ImportError:  # older typer re-exports the click package's exceptions
+    from click import ClickException as UsageFailure
 
 app = typer.Typer(
     name="sppdet",
@@ -26,12 +30,12 @@ def run_app(argv: list[str] | None = None) -> int:
     except SppdetError as exc:
         print(f"sppdet: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except UsageFailure as exc:
         exc.show()
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print(
             "sppdet: interrupted; finished work is kept, rerun the same command to resume",
             file=sys.stderr,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -12,7 +13,8 @@ from sppdet.cli.app import app
 from sppdet.cli.options import ClassesOption, DataOption, ForceOption, PresetOption, WorkOption
 from sppdet.detector.config import preset
 from sppdet.detector.data import load_dataset, parse_classes
-from sppdet.detector.detect import run_combine, run_detect
+from sppdet.detector.detect import detect_images, run_combine, run_detect
+from sppdet.detector.errors import SppdetError
 from sppdet.detector.training import open_split
 
 TestSplitOption = typer.Option("test", "--split", help="Split to detect on.")
@@ -26,23 +28,39 @@ def _report(result: dict, console: Console) -> None:
 
 @app.command("detect")
 def detect_command(
-    data: Path = DataOption,
+    data: Path = typer.Option(
+        None, "--data", help="VOC root or COCO .json whose split to detect on (or use --image)."
+    ),
     split: str = TestSplitOption,
     classes: str = ClassesOption,
     work: Path = WorkOption,
     preset_name: str = PresetOption,
-    out: Path = typer.Option(
-        None, "--out", help="Results folder [default: WORK/detections/SPLIT]."
-    ),
+    out: Path = typer.Option(None, "--out", help="Results folder [default: WORK/detections/S]."),
     bbox: bool = typer.Option(True, "--bbox/--no-bbox", help="Apply box regression."),
+    image: list[Path] = typer.Option(
+        None, "--image", help="An image file to detect on instead of a split (repeatable)."
+    ),
+    draw: Path = typer.Option(None, "--draw", help="With --image: folder for labelled pictures."),
+    top: int = typer.Option(5, "--top", min=1, help="Detections drawn per picture, best first."),
     force: bool = ForceOption,
 ) -> None:
-    """Score every proposal with every class SVM; keep > -1.5, NMS 0.3, regress, top 100."""
+    """Score every proposal with every class SVM; keep > -1.5, NMS 0.3, regress, top 100.
+
+    With --image, the files' proposals and conv5 maps are computed on the fly with the settings
+    the models were trained with, and the detections are printed as JSON lines.
+    """
     workdir = WorkDir.at(work)
     cfg = preset(preset_name).detect
+    if image:
+        for path, found in detect_images(workdir, list(image), draw, cfg, top).items():
+            print(json.dumps({"image": path, "detections": found}))
+        if draw is not None:
+            Console().print(f"wrote pictures to {draw}")
+        return
+    if data is None:
+        raise SppdetError("detect needs --data (a dataset split) or --image FILE")
     inputs = open_split(workdir, data, split, classes, model_classes_from="svm")
-    result = run_detect(workdir, inputs, cfg, bbox, out, force)
-    _report(result, Console())
+    _report(run_detect(workdir, inputs, cfg, bbox, out, force), Console())
 
 
 @app.command("combine")
@@ -60,5 +78,4 @@ def combine_command(
     if names is None:
         names = tuple(workdirs[0].load_model("svm", "sppdet train-svm")["classes"])
     dataset = load_dataset(data, split, names)
-    result = run_combine(workdirs, dataset, preset(preset_name).detect, out)
-    _report(result, Console())
+    _report(run_combine(workdirs, dataset, preset(preset_name).detect, out), Console())

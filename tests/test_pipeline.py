@@ -157,3 +157,35 @@ def test_combine_two_models(trained, tmp_path) -> None:  # type: ignore[no-untyp
         # NMS over the union keeps at least the strongest box of each model's image.
         assert len(combined[name]) >= 1
         assert combined[name].scores.max() >= single[name].scores.max()
+
+
+def test_detect_on_image_files_matches_the_split_run(trained, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data, work, _ = trained
+    inputs = open_split(work, data, "test", ("circle", "square", "triangle"))
+    record = inputs.dataset.records[1]
+    capsys.readouterr()
+    code = run_app(
+        [
+            "detect",
+            "--work",
+            str(work.root),
+            "--image",
+            str(record.path),
+            "--draw",
+            str(tmp_path / "pics"),
+            "--preset",
+            "quick-cpu",
+        ]
+    )
+    assert code == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    found = lines[0]["detections"]
+    assert (tmp_path / "pics" / f"{record.image_id}.png").is_file()
+    # Same proposals and features settings as the split: the same detections, box for box.
+    results = read_voc_results(work.detections("test"), "test", ("circle", "square", "triangle"))
+    expected = sorted(
+        (name, round(float(s), 4))
+        for name, dets in results.detections.items()
+        for s in dets.scores[dets.image_ids == record.image_id]
+    )
+    assert sorted((d["class"], round(d["score"], 4)) for d in found) == expected
