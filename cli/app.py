@@ -41,4 +41,9 @@ def run_app(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    if result == 130:  # typer turns Ctrl-C into exit code 130 itself
+        print(
+            "sppdet: interrupted; finished work is kept, rerun the same command to resume",
+            file=sys.stderr,
+        )
     return result if isinstance(result, int) else 0

@@ -1,0 +1,144 @@
+"""``sppdet propose`` and ``sppdet propose-recall``: region proposals and their recall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sppdet.cache.workdir import WorkDir
+from sppdet.cli.app import app
+from sppdet.cli.options import DataOption, ForceOption, PresetOption, SplitOption, WorkOption
+from sppdet.detector.config import override, preset
+from sppdet.detector.data import load_dataset
+from sppdet.detector.errors import SppdetError
+from sppdet.proposals.methods import METHODS, check_method
+from sppdet.proposals.recall import AR_LIMITS, measure_recall
+from sppdet.proposals.stage import (
+    ProposeSummary,
+    import_proposals,
+    raise_for_bad,
+    run_proposals,
+)
+
+
+def _print_summary(summary: ProposeSummary, console: Console) -> None:
+    timing = ""
+    if summary.seconds_per_image is not None:
+        timing = (
+            f", {summary.seconds_per_image:.3f} s/image per worker "
+            f"({summary.cpu_seconds_per_image:.3f} s CPU)"
+        )
+    console.print(
+        f"{summary.method}: {summary.images} images ({summary.computed} computed, "
+        f"{summary.resumed} already done), {summary.mean_boxes:.0f} boxes/image{timing}, "
+        f"{summary.wall_seconds:.1f} s wall with {summary.workers} worker(s) -> {summary.store}",
+        markup=False,
+        highlight=False,
+    )
+    for bad in summary.bad:
+        console.print(f"unreadable: {bad.reason}", markup=False, highlight=False)
+
+
+@app.command("propose")
+def propose_command(
+    data: Path = DataOption,
+    split: str = SplitOption,
+    method: str = typer.Option(
+        None,
+        "--method",
+        help=f"Proposal method: {', '.join(METHODS)} (ss = Selective Search, eb = EdgeBoxes).",
+        show_default="ss-fast",
+    ),
+    max_boxes: int = typer.Option(
+        None,
+        "--max-boxes",
+        min=1,
+        help="Keep at most this many boxes per image, best first. With --import: all unless given.",
+        show_default="2000 (500 with --preset quick-cpu)",
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes (one thread each)."),
+    work: Path = WorkOption,
+    preset_name: str = PresetOption,
+    force: bool = ForceOption,
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Accept unreadable images (stored with zero boxes) instead of exiting non-zero.",
+    ),
+    edge_model: Path | None = typer.Option(
+        None,
+        "--edge-model",
+        help="Structured-edge model (OpenCV's model.yml.gz) for EdgeBoxes instead of the "
+        "built-in edge detector.",
+    ),
+    import_file: Path | None = typer.Option(
+        None,
+        "--import",
+        help="Import published proposals: an R-CNN .mat file with cell arrays 'images' and "
+        "'boxes' (rows y1 x1 y2 x2, 1-based), MATLAB v5/v7 or v7.3.",
+    ),
+) -> None:
+    """Compute region proposals per image into WORK/proposals/<split>/ (resumable)."""
+    cfg = preset(preset_name).proposals
+    dataset = load_dataset(data, split)
+    workdir = WorkDir.at(work)
+    console = Console()
+    if import_file is not None:
+        if method is not None or edge_model is not None:
+            raise SppdetError("--import stores the file's boxes; drop --method and --edge-model")
+        summary = import_proposals(
+            dataset, workdir, import_file, min_side=cfg.min_side, max_boxes=max_boxes,
+            shard_size=cfg.shard_size, force=force,
+        )  # fmt: skip
+    else:
+        method = check_method(method) if method is not None else None
+        cfg = override(cfg, method=method, max_boxes=max_boxes)
+        summary = run_proposals(
+            dataset, workdir, cfg, workers=workers, force=force, edge_model=edge_model
+        )
+    _print_summary(summary, console)
+    if not skip_bad:
+        raise_for_bad(summary)
+
+
+@app.command("propose-recall")
+def propose_recall_command(
+    data: Path = DataOption,
+    split: str = SplitOption,
+    work: Path = WorkOption,
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Also write the figures to this JSON file."
+    ),
+) -> None:
+    """Recall of the stored proposals: IoU 0.5/0.7, average recall at N, boxes and s/image."""
+    dataset = load_dataset(data, split)
+    workdir = WorkDir.at(work)
+    report = measure_recall(dataset, workdir, json_out)
+    console = Console()
+    title = (
+        f"proposal recall, {report.method}, split {split!r} "
+        f"({report.images} images, {report.gt_boxes} boxes, difficult excluded)"
+    )
+    table = Table(title=title)
+    table.add_column("boxes (N)", justify="right")
+    table.add_column("recall@0.5", justify="right")
+    table.add_column("recall@0.7", justify="right")
+    table.add_column("AR 0.5:0.95", justify="right")
+    for n in AR_LIMITS:
+        at_n = report.recall_at_n[str(n)]
+        ar = report.average_recall[str(n)]
+        table.add_row(str(n), f"{at_n['0.5']:.3f}", f"{at_n['0.7']:.3f}", f"{ar:.3f}")
+    table.add_row("all", f"{report.recall['0.5']:.3f}", f"{report.recall['0.7']:.3f}", "")
+    console.print(table)
+    seconds = "n/a"
+    if report.seconds_per_image is not None:
+        seconds = f"{report.seconds_per_image:.3f} ({report.cpu_seconds_per_image:.3f} CPU)"
+    line = f"mean boxes/image {report.mean_boxes:.1f}; seconds/image {seconds}"
+    if report.bad_images:
+        line += f"; {report.bad_images} unreadable image(s) count as missed"
+    console.print(line, markup=False, highlight=False)
+    destinations = [workdir.report("recall.json")] + ([json_out] if json_out else [])
+    console.print(f"wrote {', '.join(str(p) for p in destinations)}", markup=False, highlight=False)

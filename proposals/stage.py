@@ -1,0 +1,323 @@
+"""The `propose` stage: compute (or import) the proposals of a split into its sharded store.
+
+Shards are the unit of work and of resume. Each task reads its images with ``read_image`` (the
+one decoder, EXIF applied), proposes, and writes its shard atomically, so an interrupted run
+leaves complete shards plus at most some temporaries (removed on the next run); a re-run computes
+only the missing shards. Every image's boxes depend only on its pixels and the settings, so the
+files are byte-identical whatever the number of workers or interruptions.
+
+An unreadable image is logged, stored with zero boxes and ``bad=True``, and listed at the end;
+shards that hold such images are recomputed on the next run, in case the file was fixed.
+Per-image compute times go to WORK/reports/propose-<split>.json, not into the shards, so that
+the shard files stay reproducible.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from sppdet.cache.atomic import read_json, write_json
+from sppdet.cache.fingerprint import file_hash
+from sppdet.cache.shards import ShardedStore, ShardWriter
+from sppdet.detector.config import ProposalConfig
+from sppdet.detector.data import Dataset, read_image
+from sppdet.detector.errors import SppdetError
+from sppdet.detector.parallel import map_shards
+from sppdet.detector.progress import progress_bar
+from sppdet.proposals.edges import check_edge_model
+from sppdet.proposals.importer import read_rcnn_mat
+from sppdet.proposals.methods import ALGORITHM_VERSION, method_params, propose, uses_edges
+from sppdet.proposals.ranking import finalize, storage_dtype
+from sppdet.proposals.store import BOXES, KIND, MADE_BY, ProposalStore
+
+if TYPE_CHECKING:  # workdir imports torch; worker processes never need it
+    from sppdet.cache.workdir import WorkDir
+
+COMPRESSION = "gzip"
+
+
+@dataclass(frozen=True)
+class BadImage:
+    image_id: str
+    reason: str  # names the file
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard task did (picklable, small)."""
+
+    images: int = 0  # readable images proposed
+    seconds: float = 0.0  # their decode + proposal time (wall clock)
+    cpu_seconds: float = 0.0  # the same in CPU time: independent of other jobs on the machine
+    bad: list[BadImage] = field(default_factory=list)
+
+
+@dataclass
+class ProposeSummary:
+    store: Path
+    method: str
+    images: int  # in the split
+    computed: int  # images (re)computed by this run
+    mean_boxes: float  # over the readable images of the whole store
+    seconds_per_image: float | None  # mean compute time per readable image, all runs
+    cpu_seconds_per_image: float | None  # the same in CPU time
+    wall_seconds: float  # this run
+    workers: int
+    bad: list[BadImage] = field(default_factory=list)  # the whole store's unreadable images
+
+    @property
+    def resumed(self) -> int:
+        return self.images - self.computed
+
+
+def timing_report_name(split: str) -> str:
+    return f"propose-{split}.json"
+
+
+# ------------------------------------------------------------------------------- shard task
+
+
+def _write_boxes(
+    writer: ShardWriter, image_id: str, boxes: np.ndarray, width: int, height: int
+) -> None:
+    writer.put(image_id, BOXES, boxes.astype(storage_dtype(width, height)), COMPRESSION)
+    writer.set_image_attrs(image_id, width=width, height=height, bad=False)
+
+
+def _write_bad(writer: ShardWriter, image_id: str, reason: str) -> None:
+    writer.put(image_id, BOXES, np.zeros((0, 4), np.int16))
+    writer.set_image_attrs(image_id, width=0, height=0, bad=True, error=reason)
+
+
+def propose_shard(root: str, shard: int, settings: dict[str, Any]) -> ShardOutcome:
+    """Compute and write shard SHARD of the proposals store at ROOT (a ``map_shards`` task).
+
+    SETTINGS: ``config`` (ProposalConfig), ``paths`` (image id -> file), ``edge_model`` (or None).
+    """
+    cfg: ProposalConfig = settings["config"]
+    paths: dict[str, str] = settings["paths"]
+    store = ShardedStore.open(root, KIND, made_by=MADE_BY, require_complete=False)
+    outcome = ShardOutcome()
+
+    def fill(writer: ShardWriter, image_ids: list[str]) -> None:
+        for image_id in image_ids:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            try:
+                rgb = read_image(paths[image_id])
+            except SppdetError as exc:
+                _write_bad(writer, image_id, str(exc))
+                outcome.bad.append(BadImage(image_id, str(exc)))
+                continue
+            boxes = propose(rgb, cfg, settings["edge_model"])
+            _write_boxes(writer, image_id, boxes, rgb.shape[1], rgb.shape[0])
+            outcome.images += 1
+            outcome.seconds += time.perf_counter() - start
+            outcome.cpu_seconds += time.process_time() - cpu_start
+
+    with _opencv_errors_only():
+        store.write_shard(shard, fill)
+    return outcome
+
+
+@contextmanager
+def _opencv_errors_only() -> Iterator[None]:
+    # A corrupt image makes OpenCV print its own warning; our one line per bad file is enough.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(min(level, cv2.utils.logging.LOG_LEVEL_ERROR))
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+# ------------------------------------------------------------------------------------ stage
+
+
+def _shards_with_bad_images(store: ShardedStore) -> list[int]:
+    done = set(range(store.num_shards)) - set(store.pending_shards())
+    try:
+        return [
+            k for k in sorted(done)
+            if any(store.image_attrs(i).get("bad", False) for i in store.shard_image_ids(k))
+        ]  # fmt: skip
+    finally:
+        store.close()  # these shards are about to be replaced: drop the read handles
+
+
+def _load_timing(path: Path, fp: str) -> dict[str, list[float]]:
+    if path.is_file():
+        try:
+            report = read_json(path)
+        except (OSError, ValueError):
+            return {}
+        if report.get("fingerprint") == fp:
+            shards = report.get("shards", {})
+            return {str(k): list(v) for k, v in shards.items() if len(v) == 3}
+    return {}
+
+
+def _save_timing(
+    path: Path, fp: str, method: str, shards: dict[str, list[float]]
+) -> tuple[float | None, float | None]:
+    """Write per-shard [images, seconds, cpu seconds]; returns (s/image, cpu s/image)."""
+    images = sum(v[0] for v in shards.values())
+    wall, cpu = (sum(v[i] for v in shards.values()) / images if images else None for i in (1, 2))
+    write_json(
+        path,
+        {"fingerprint": fp, "method": method, "images_timed": images,
+         "seconds_per_image": wall, "cpu_seconds_per_image": cpu, "shards": shards},
+    )  # fmt: skip
+    return wall, cpu
+
+
+def _summarise(
+    root: Path,
+    method: str,
+    computed: int,
+    per_image: tuple[float | None, float | None],
+    wall: float,
+    workers: int,
+) -> ProposeSummary:
+    with ProposalStore.open(root) as store:
+        bad = [BadImage(i, reason) for i, reason in store.bad_images()]
+        bad_ids = {b.image_id for b in bad}
+        counts = [store.count(i) for i in store.image_ids if i not in bad_ids]
+        return ProposeSummary(
+            store=root,
+            method=method,
+            images=len(store.image_ids),
+            computed=computed,
+            mean_boxes=float(np.mean(counts)) if counts else 0.0,
+            seconds_per_image=per_image[0],
+            cpu_seconds_per_image=per_image[1],
+            wall_seconds=wall,
+            workers=workers,
+            bad=bad,
+        )
+
+
+def run_proposals(
+    dataset: Dataset,
+    work: WorkDir,
+    cfg: ProposalConfig,
+    *,
+    workers: int = 1,
+    force: bool = False,
+    edge_model: str | Path | None = None,
+    progress: bool = True,
+) -> ProposeSummary:
+    """Compute the proposals of DATASET's split into WORK/proposals/<split>/ (resuming).
+
+    Unreadable images are recorded (``summary.bad``), not raised: see ``raise_for_bad``.
+    """
+    if edge_model is not None:
+        if not uses_edges(cfg.method):
+            raise SppdetError(
+                f"--edge-model is used by --method edgeboxes or ss+eb, not {cfg.method!r}"
+            )
+        edge_model = check_edge_model(edge_model)
+    params = method_params(cfg, edge_model)
+    ids = [r.image_id for r in dataset.records]
+    root = work.proposals(dataset.split)
+    store = ShardedStore.create(root, KIND, params, ids, cfg.shard_size, force=force)
+    work.record_stage(f"propose:{dataset.split}", params)
+    pending = sorted(set(store.pending_shards()) | set(_shards_with_bad_images(store)))
+    timing_path = work.report(timing_report_name(dataset.split))
+    timing = _load_timing(timing_path, store.meta.fingerprint)
+    settings = {
+        "config": cfg,
+        "paths": {r.image_id: str(r.path) for r in dataset.records},
+        "edge_model": None if edge_model is None else str(edge_model),
+    }
+    total = sum(len(store.shard_image_ids(k)) for k in pending)
+    start = time.perf_counter()
+    bar_context = (
+        progress_bar(total, f"propose {cfg.method} {dataset.split}", unit="img")
+        if progress
+        else nullcontext(None)
+    )
+    try:
+        with bar_context as bar:
+            for shard, outcome in map_shards(propose_shard, str(root), pending, settings, workers):
+                timing[str(shard)] = [outcome.images, outcome.seconds, outcome.cpu_seconds]
+                for bad in outcome.bad:
+                    print(f"sppdet: skipped unreadable image: {bad.reason}", file=sys.stderr)
+                if bar is not None:
+                    bar.advance(outcome.images + len(outcome.bad))
+    finally:  # keep the times of the shards that finished, even on Ctrl-C
+        per_image = _save_timing(timing_path, store.meta.fingerprint, cfg.method, timing)
+    return _summarise(root, cfg.method, total, per_image, time.perf_counter() - start, workers)
+
+
+def import_proposals(
+    dataset: Dataset,
+    work: WorkDir,
+    mat_file: str | Path,
+    *,
+    min_side: int,
+    max_boxes: int | None = None,
+    shard_size: int = ProposalConfig.shard_size,
+    force: bool = False,
+) -> ProposeSummary:
+    """Store the boxes of an R-CNN .mat file as DATASET's proposals, in the file's order.
+
+    Boxes are clipped to the annotated image size, filtered by MIN_SIDE and de-duplicated; all
+    are kept unless MAX_BOXES. Every image of the split must be in the file.
+    """
+    mat_file = Path(mat_file)
+    boxes_by_id = read_rcnn_mat(mat_file)
+    missing = [r.image_id for r in dataset.records if r.image_id not in boxes_by_id]
+    if missing:
+        raise SppdetError(
+            f"{mat_file}: {len(missing)} of {len(dataset)} images of split {dataset.split!r} are "
+            f"not in the file (e.g. {missing[0]!r}); import a file made for this split"
+        )
+    params = {
+        "method": "import",
+        "source": mat_file.name,
+        "source_hash": file_hash(mat_file),
+        "min_side": min_side,
+        "max_boxes": max_boxes,
+        "algorithm_version": ALGORITHM_VERSION,
+    }
+    ids = [r.image_id for r in dataset.records]
+    root = work.proposals(dataset.split)
+    store = ShardedStore.create(root, KIND, params, ids, shard_size, force=force)
+    work.record_stage(f"propose:{dataset.split}", params)
+    by_id = dataset.by_id()
+    limit = max_boxes if max_boxes is not None else np.iinfo(np.int64).max
+
+    def fill(writer: ShardWriter, image_ids: list[str]) -> None:
+        for image_id in image_ids:
+            record = by_id[image_id]
+            raw = boxes_by_id[image_id]
+            order = np.arange(len(raw), dtype=np.float64)  # keep the published order
+            boxes = finalize(raw, order, record.width, record.height, min_side, limit)
+            _write_boxes(writer, image_id, boxes, record.width, record.height)
+
+    start = time.perf_counter()
+    pending = store.pending_shards()
+    for shard in pending:
+        store.write_shard(shard, fill)
+    computed = sum(len(store.shard_image_ids(k)) for k in pending)
+    wall = time.perf_counter() - start
+    return _summarise(root, "import", computed, (None, None), wall, 1)
+
+
+def raise_for_bad(summary: ProposeSummary) -> None:
+    """Fail (one line) when the store holds unreadable images; ``--skip-bad`` skips this."""
+    if summary.bad:
+        first = summary.bad[0].reason
+        raise SppdetError(
+            f"{len(summary.bad)} unreadable image(s) were stored with zero boxes (first: {first}); "
+            "fix or remove them and rerun to recompute their shards, or pass --skip-bad to accept"
+        )
