@@ -9,7 +9,16 @@ from sppdet.cli.app import app, run_app
 
 # Each module registers its commands on ``app`` when imported. A stage that is not built yet has
 # no module here, so its command is absent rather than faked.
-COMMAND_MODULES: tuple[str, ...] = ("evaluate", "synth", "features")
+COMMAND_MODULES: tuple[str, ...] = (
+    "synth",
+    "propose",
+    "features",
+    "train",
+    "detect",
+    "evaluate",
+    "run",
+    "pretrain",
+)
 
 
 def load_commands() -> None:

@@ -25,11 +25,34 @@ class ProposalConfig:
     min_side: int = 20  # R-CNN filter: drop boxes narrower or shorter than this (pixels)
     # Selective Search works on a downscaled copy: the longer side is capped for speed.
     ss_max_side: int = 500
-    # EdgeBoxes (Zitnick & Dollar defaults, as in OpenCV).
-    eb_alpha: float = 0.65
-    eb_beta: float = 0.75
+    # OpenCV's switchToSelectiveSearchFast/Quality: k = base_k + i * inc_k for i < 3 (fast) or 5
+    # (quality), Felzenszwalb sigma, and the graph segmentation's default minimum region size.
+    ss_base_k: int = 150
+    ss_inc_k: int = 150
+    ss_sigma: float = 0.8
+    ss_min_region: int = 100
+    ss_rank_seed: int = 0  # seed of the random factor in the ranking key (proposals/ranking.py)
+    # EdgeBoxes, on a copy whose longer side is capped. alpha (search step) and beta (NMS IoU) are
+    # tuned for recall at IoU 0.7 (Zitnick & Dollar's 0.65 / 0.75 find fewer: BENCHMARKS.md).
+    eb_max_side: int = 500
+    eb_alpha: float = 0.7
+    eb_beta: float = 0.8
     eb_min_score: float = 0.01
-    shard_size: int = 8  # images per shard file: the unit of resume and of parallel work
+    eb_max_aspect_ratio: float = 3.0
+    eb_min_box_area: float = 1000.0
+    # Edge grouping: 1.0 (OpenCV: 0.5) gives fewer, longer edge groups with the built-in edges:
+    # faster and a little more recall (BENCHMARKS.md).
+    eb_edge_merge_thr: float = 1.0
+    eb_cluster_min_mag: float = 1.0
+    # The built-in edge detector (proposals/edges.py): Lab gradients at these Gaussian scales,
+    # normalised by their local mean over this radius, thinned, then mapped to [0, 1].
+    edge_sigmas: tuple[float, ...] = (1.5, 3.0)
+    edge_norm_radius: int = 4
+    edge_percentile: float = 99.0  # the thinned magnitude at this percentile maps to 1
+    edge_gamma: float = 2.0  # power applied after scaling: weak (texture) edges fall below 0.1
+    # Images per shard file, the unit of resume and of parallel work: small enough that every
+    # worker stays busy to the end of a split (at most one 4-image shard of imbalance).
+    shard_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,8 @@ class FinetuneConfig:
     batch_size: int = 128
     fg_fraction: float = 0.25
     fc8_init_std: float = 0.01
+    fc_dim: int = 4096  # fc6/fc7 width when the backbone brings no fc6/fc7 of its own
+    random_fc6_input_norm: float = 20.0  # mean input norm for a randomly initialised fc6
     dropout: float = 0.5
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -71,6 +96,8 @@ class FinetuneConfig:
     iterations: int = 200_000
     checkpoint_every: int = 2_000
     log_every: int = 500
+    images_per_round: int = 16  # batches of a round come from this many images' cached maps
+    max_batches_per_round: int = 64  # bounds the round's pooled features (float16) in memory
     seed: int = 0
 
 
@@ -97,6 +124,8 @@ class BboxConfig:
     min_iou: float = 0.5  # samples need IoU strictly above this
     feature_norm: float = 20.0
     ridge_lambda: float = 4000.0
+    max_samples_per_image: int = 32  # bounds the float16 sample matrix on VOC-sized data
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,6 +154,21 @@ class PretrainConfig:
     lr_drop: float = 0.1
     bg_iou: float = 0.3
     seed: int = 0
+    backbone: str = "zf5"
+    pyramid: tuple[int, ...] = (1, 2, 3, 6)  # the paper's 4-level pyramid, 50 bins
+    fc_dim: int = 4096  # width of fc6 and fc7
+    # Training crops are the central/random 224/256 of an image (paper §3.1: 224 crops of images
+    # with a 256 shorter side); other sizes resize that region (§2.3 multi-size training).
+    crop_fraction: float = 0.875
+    bg_per_image: int = 1  # background crops per image of a detection dataset
+    lighting_std: float = 0.1  # AlexNet's PCA colour altering, per principal axis
+    color_jitter: float = 0.2  # brightness, contrast and saturation factors in [1 - j, 1 + j]
+    plateau_metric: str = "error"  # error | loss of the held-out images ("when the error plateaus")
+    max_lr_drops: int = 2  # "divided by 10 (twice)"
+    holdout_every: int = 10  # every tenth image is held out for the plateau test
+    fc8_init_std: float = 0.01
+    workers: int = 2  # image-loading threads (they do not change the result)
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -165,10 +209,15 @@ def _quick_cpu() -> PipelineConfig:
         proposals=dataclasses.replace(base.proposals, max_boxes=500),
         features=dataclasses.replace(base.features, scales=(480,), max_size=1000),
         finetune=dataclasses.replace(
-            base.finetune, lr_steps=(1_500,), iterations=2_000, checkpoint_every=500, log_every=250
+            base.finetune,
+            lr_steps=(1_500,),
+            iterations=2_000,
+            checkpoint_every=500,
+            log_every=250,
+            fc_dim=1024,
         ),
         svm=dataclasses.replace(base.svm, norm_sample_windows=2_000),
-        pretrain=dataclasses.replace(base.pretrain, epochs=8),
+        pretrain=dataclasses.replace(base.pretrain, epochs=8, fc_dim=1024),
     )
 
 

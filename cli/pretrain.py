@@ -1,0 +1,177 @@
+"""``sppdet pretrain`` and ``sppdet classify-eval``: an SPP classifier as a detection backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sppdet.cache.atomic import write_json
+from sppdet.cli.app import app
+from sppdet.cli.features import _int_list
+from sppdet.cli.options import ClassesOption, PresetOption
+from sppdet.detector.classify import VIEWS, classify_eval
+from sppdet.detector.config import override, preset
+from sppdet.detector.data import parse_classes
+from sppdet.detector.pretrain import pretrain
+
+SourceOption = typer.Option(
+    ...,
+    "--data",
+    help="An image-folder tree (one sub-folder of images per class; DATA/<split>/ when it "
+    "exists), or a detection dataset (VOC root or COCO .json) whose object crops and "
+    "background crops (IoU < 0.3 with every object) make K+1 classes.",
+)
+
+
+@app.command("pretrain")
+def pretrain_command(
+    data: Path = SourceOption,
+    backbone: str = typer.Option(
+        None, "--backbone", help="Conv trunk: zf5, alexnet or vgg16.", show_default="zf5"
+    ),
+    sizes: str = typer.Option(
+        None,
+        "--sizes",
+        help="Input sizes, one per epoch in turn: 224 (single-size) or 180,224 (multi-size).",
+        show_default="180,224",
+    ),
+    epochs: int = typer.Option(
+        None, "--epochs", help="Epochs in all.", show_default="30; quick-cpu preset: 8"
+    ),
+    pyramid: str = typer.Option(
+        None, "--pyramid", help="SPP levels after conv5.", show_default="1,2,3,6"
+    ),
+    fc_dim: int = typer.Option(
+        None,
+        "--fc-dim",
+        help="Width of fc6 and fc7 (the paper's 4096).",
+        show_default="4096; quick-cpu preset: 1024",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Checkpoint to write (the resume state goes beside it as NAME.resume.pt).",
+        show_default="pretrain-<backbone>.pt",
+    ),
+    split: str = typer.Option(
+        "trainval", "--split", help="VOC split, or the sub-folder of an image-folder tree."
+    ),
+    classes: str = ClassesOption,
+    seed: int = typer.Option(None, "--seed", help="Seed of every random choice.", show_default="0"),
+    batch_size: int = typer.Option(None, "--batch-size", show_default="64"),
+    lr: float = typer.Option(None, "--lr", help="Initial learning rate.", show_default="0.01"),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="Image-loading threads (no effect on the result).",
+        show_default="2",
+    ),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda.", show_default="auto"),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Continue from the resume state beside --out."
+    ),
+    preset_name: str = PresetOption,
+) -> None:
+    """Train a conv trunk with an SPP layer as a classifier (multi-size training, paper §2.3)."""
+    cfg = override(
+        preset(preset_name).pretrain,
+        backbone=backbone,
+        sizes=_int_list(sizes, "--sizes"),
+        epochs=epochs,
+        pyramid=_int_list(pyramid, "--pyramid"),
+        fc_dim=fc_dim,
+        seed=seed,
+        batch_size=batch_size,
+        base_lr=lr,
+        workers=workers,
+        device=device,
+    )
+    out = out or Path(f"pretrain-{cfg.backbone}.pt")
+    console = Console(stderr=True)
+    result = pretrain(
+        data, out, cfg, split, parse_classes(classes), resume=resume, log=console.print
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in result.train_counts.items())
+    console.print(
+        f"trained {result.epochs_run} epochs ({result.epochs_done} in all) on {counts}; "
+        f"{result.heldout} held out; {result.seconds:.1f} s; wrote {result.out} "
+        f"(resume state {result.state})"
+    )
+
+
+@app.command("classify-eval")
+def classify_eval_command(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `sppdet pretrain`."),
+    data: Path = SourceOption,
+    split: str = typer.Option(
+        "test", "--split", help="VOC split, or the sub-folder of an image-folder tree."
+    ),
+    size: int = typer.Option(
+        None, "--size", help="Centre-crop and view side.", show_default="largest training size"
+    ),
+    full_side: int = typer.Option(
+        None,
+        "--full-side",
+        help="Shorter side of the full-image view.",
+        show_default="size / crop fraction (256 for 224)",
+    ),
+    view_scales: str = typer.Option(
+        None,
+        "--view-scales",
+        help="Shorter sides of the images the multi-view windows lie on.",
+        show_default="size / crop fraction",
+    ),
+    views: int = typer.Option(10, "--views", help="10 (corners, centre, flips) or 18 (+ sides)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the background crops."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    workers: int = typer.Option(2, "--workers"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    report: Path = typer.Option(None, "--report", help="Also write the report as JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Top-1 / top-5 of a pretrain checkpoint: centre crop, full image, multi-view on conv5."""
+    result = classify_eval(
+        ckpt,
+        data,
+        split,
+        size,
+        full_side,
+        _int_list(view_scales, "--view-scales"),
+        views,
+        batch_size,
+        workers,
+        device,
+        seed,
+    )
+    if report is not None:
+        write_json(report, result)
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    v = result["views"]
+    labels = {
+        "center": f"centre crop {v['size']}",
+        "full": f"full image, shorter side {v['full_side']}",
+        "multiview": f"{v['multiview_count']} views on conv5, shorter side "
+        + ",".join(map(str, v["view_scales"])),
+    }
+    table = Table(title=f"{result['checkpoint']} on {result['data']} ({result['split']})")
+    for column in ("view", "samples", "top-1 %", "top-5 %", "mean class top-1 %"):
+        table.add_column(column, justify="left" if column == "view" else "right")
+    for name in VIEWS:
+        r = result["results"][name]
+        top5 = "n/a" if r["top5"] is None else f"{100 * r['top5']:.2f}"
+        table.add_row(
+            labels[name],
+            str(r["samples"]),
+            f"{100 * r['top1']:.2f}",
+            top5,
+            f"{100 * r['mean_class_top1']:.2f}",
+        )
+    Console().print(table)
+    counts = ", ".join(f"{k} {n}" for k, n in result["counts"].items())
+    Console().print(f"samples per class: {counts}")
