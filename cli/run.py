@@ -62,7 +62,7 @@ def run_command(
     _report(report, console)
 
 
-DEMO_ITERATIONS = 400  # fine-tuning batches: keeps the demo within 10 minutes on 2 cores
+DEMO_ITERATIONS = 300  # fine-tuning batches: keeps the demo within 10 minutes on 2 cores
 
 
 def demo_config() -> PipelineConfig:
