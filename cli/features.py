@@ -16,27 +16,13 @@ from sppdet.cli.options import (
     PresetOption,
     SplitOption,
     WorkOption,
+    int_list,
 )
 from sppdet.detector.config import override, preset
 from sppdet.detector.data import load_dataset, parse_classes
-from sppdet.detector.errors import SppdetError
 from sppdet.detector.features import cache_info
 from sppdet.detector.featurize import cache_features
 from sppdet.detector.nets import TORCHVISION_PYRAMID
-
-
-def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise SppdetError(
-            f"{option} {text!r}: give comma-separated integers, e.g. 480,688"
-        ) from None
-    if not values or min(values) < 1:
-        raise SppdetError(f"{option} {text!r}: give positive integers")
-    return values
 
 
 @app.command("cache-features")
@@ -100,13 +86,13 @@ def cache_features_command(
         config.features,
         backbone=backbone,
         weights=weights,
-        scales=_int_list(scales, "--scales"),
+        scales=int_list(scales, "--scales"),
         max_size=max_size,
         dtype=dtype,
         flip=flip,
         device=device,
     )
-    spp = override(config.spp, pyramid=_int_list(pyramid, "--pyramid"))
+    spp = override(config.spp, pyramid=int_list(pyramid, "--pyramid"))
     dataset = load_dataset(data, split, parse_classes(classes))
     console = Console(stderr=True)
     native = TORCHVISION_PYRAMID.get(features.backbone)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from sppdet.detector.errors import SppdetError
+
 DataOption = typer.Option(
     ..., "--data", help="VOC root (folder with Annotations/, ImageSets/Main/) or a COCO .json file."
 )
@@ -22,3 +24,18 @@ PresetOption = typer.Option(
 ForceOption = typer.Option(
     False, "--force", help="Overwrite a store made with other settings instead of refusing."
 )
+
+
+def int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    """A comma-separated option value as positive integers (None when not given)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise SppdetError(
+            f"{option} {text!r}: give comma-separated integers, e.g. 480,688"
+        ) from None
+    if not values or min(values) < 1:
+        raise SppdetError(f"{option} {text!r}: give positive integers")
+    return values

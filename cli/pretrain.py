@@ -11,8 +11,7 @@ from rich.table import Table
 
 from sppdet.cache.atomic import write_json
 from sppdet.cli.app import app
-from sppdet.cli.features import _int_list
-from sppdet.cli.options import ClassesOption, PresetOption
+from sppdet.cli.options import ClassesOption, PresetOption, int_list
 from sppdet.detector.classify import VIEWS, classify_eval
 from sppdet.detector.config import override, preset
 from sppdet.detector.data import parse_classes
@@ -80,9 +79,9 @@ def pretrain_command(
     cfg = override(
         preset(preset_name).pretrain,
         backbone=backbone,
-        sizes=_int_list(sizes, "--sizes"),
+        sizes=int_list(sizes, "--sizes"),
         epochs=epochs,
-        pyramid=_int_list(pyramid, "--pyramid"),
+        pyramid=int_list(pyramid, "--pyramid"),
         fc_dim=fc_dim,
         seed=seed,
         batch_size=batch_size,
@@ -140,7 +139,7 @@ def classify_eval_command(
         split,
         size,
         full_side,
-        _int_list(view_scales, "--view-scales"),
+        int_list(view_scales, "--view-scales"),
         views,
         batch_size,
         workers,

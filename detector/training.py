@@ -36,6 +36,9 @@ from sppdet.proposals.store import open_proposals
 
 log = logging.getLogger(__name__)
 
+# The command that makes each model file, quoted when a model is missing or unreadable.
+MADE_BY = {"finetune": "sppdet finetune", "svm": "sppdet train-svm", "bbox": "sppdet train-bbox"}
+
 FEATURE_CHUNK = 1024  # windows per forward pass through fc6/fc7: bounds memory per image
 
 
@@ -70,8 +73,8 @@ def open_split(
     the model MODEL_CLASSES_FROM (test time: a test split may lack a class), else the data's."""
     names = parse_classes(classes) if isinstance(classes, str) else classes
     if names is None and model_classes_from is not None:
-        made_by = f"sppdet {'train-svm' if model_classes_from == 'svm' else model_classes_from}"
-        names = tuple(work.load_model(model_classes_from, made_by)["classes"])
+        model = work.load_model(model_classes_from, MADE_BY[model_classes_from])
+        names = tuple(model["classes"])
     dataset = load_dataset(data, split, names)
     proposals = open_proposals(work, split)
     cache = FeatureCache.open(work, split)
@@ -91,7 +94,7 @@ def up_to_date(work: WorkDir, name: str, made: dict[str, Any]) -> bool:
     """Whether WORK's model NAME exists and was made from exactly MADE (then a stage skips)."""
     if not work.model(name).is_file():
         return False
-    return work.load_model(name, f"sppdet {name}").get("fingerprint") == fingerprint(made)
+    return work.load_model(name, MADE_BY[name]).get("fingerprint") == fingerprint(made)
 
 
 # --------------------------------------------------------------------------------- fine-tuning
