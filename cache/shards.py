@@ -13,12 +13,20 @@ Each shard is written by one writer to a temporary name and renamed when complet
   the next open for writing);
 - re-running a stage computes only the shards that are missing (resume);
 - parallel writers (processes, Ray tasks) never share a file: HDF5 needs no concurrent writes;
-- a retried task that writes a shard twice replaces it with identical content, never duplicates.
+- a retried task that writes a shard twice replaces it with identical content, never duplicates:
+  every attempt writes its own temporary (host, process and a random token in the name, so two
+  attempts on two nodes of a shared filesystem never meet) and the final rename is atomic.
+
+Files are opened without HDF5's file locks: a shard is written once under a private name and
+never modified after its rename, and network filesystems (NFS, Lustre) often refuse the locks.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
+import socket
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,12 +37,17 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
-from sppdet.cache.atomic import atomic_output, read_json, remove_stale_temporaries, write_json
+from sppdet.cache.atomic import TMP_MARK, read_json, remove_stale_temporaries, write_json
 from sppdet.cache.fingerprint import differences, fingerprint
 from sppdet.detector.errors import SppdetError
 
 META_NAME = "store.json"
 FORMAT_VERSION = 1
+
+
+def _attempt_tag() -> str:
+    """Unique per write attempt, also across the nodes of a cluster sharing the folder."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _group_name(image_id: str) -> str:
@@ -206,13 +219,23 @@ class ShardedStore:
     # ------------------------------------------------------------------------------ writing
 
     def write_shard(self, shard: int, fill: Callable[[ShardWriter, list[str]], None]) -> Path:
-        """Build shard SHARD: FILL(writer, image_ids) writes it; the file appears atomically."""
+        """Build shard SHARD: FILL(writer, image_ids) writes it; the file appears atomically.
+
+        An existing shard is replaced (a retried or repeated task); a concurrent attempt at the
+        same shard writes its own temporary, and the last rename wins with the same content.
+        """
         path = self.shard_path(shard)
-        with atomic_output(path) as tmp:
-            with h5py.File(tmp, "w") as handle:
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{_attempt_tag()}")
+        try:
+            with h5py.File(tmp, "w", locking=False) as handle:
                 handle.attrs["fingerprint"] = self.meta.fingerprint
                 handle.attrs["shard"] = shard
                 fill(ShardWriter(handle), self.shard_image_ids(shard))
+            with open(tmp, "rb+") as raw:  # on disk before the rename makes it visible
+                os.fsync(raw.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     # ------------------------------------------------------------------------------ reading
@@ -223,7 +246,7 @@ class ShardedStore:
             path = self.shard_path(shard)
             if not path.exists():
                 raise SppdetError(f"{path}: shard missing; rerun the stage that builds {self.root}")
-            handle = h5py.File(path, "r")
+            handle = h5py.File(path, "r", locking=False)
             if len(self._open) >= self._max_open:
                 _, oldest = self._open.popitem(last=False)
                 oldest.close()

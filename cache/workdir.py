@@ -6,7 +6,9 @@
       settings.json               what each stage was run with, and its fingerprint
       proposals/<split>/          sharded store (see shards.py)
       features/<split>/           sharded store of conv5 maps
-      models/<name>.pt            finetune.pt, svm.pt, bbox.pt, each with its inputs' fingerprint
+      rcnn-features/<split>/      sharded store of R-CNN pool5 features (for comparison)
+      models/<name>.pt            finetune.pt, svm.pt, bbox.pt (svm-rcnn.pt, bbox-rcnn.pt), each
+                                  with its inputs' fingerprint
       detections/<split>/         comp4_det_<split>_<class>.txt, coco_results.json, drawings
       reports/                    recall.json, eval.json, bench.json
 
@@ -39,6 +41,9 @@ class WorkDir:
 
     def features(self, split: str) -> Path:
         return self.root / "features" / split
+
+    def rcnn_features(self, split: str) -> Path:
+        return self.root / "rcnn-features" / split
 
     def model(self, name: str) -> Path:
         return self.root / "models" / f"{name}.pt"

@@ -10,11 +10,21 @@ from rich.console import Console
 
 from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
-from sppdet.cli.options import ClassesOption, DataOption, ForceOption, PresetOption, WorkOption
+from sppdet.cli.options import (
+    ClassesOption,
+    DataOption,
+    ExecutorOption,
+    FeaturesOption,
+    ForceOption,
+    PresetOption,
+    RayAddressOption,
+    WorkOption,
+)
 from sppdet.detector.config import preset
 from sppdet.detector.data import load_dataset, parse_classes
 from sppdet.detector.detect import detect_images, run_combine, run_detect
 from sppdet.detector.errors import SppdetError
+from sppdet.detector.parallel import Executor
 from sppdet.detector.training import open_split
 
 TestSplitOption = typer.Option("test", "--split", help="Split to detect on.")
@@ -42,7 +52,10 @@ def detect_command(
     ),
     draw: Path = typer.Option(None, "--draw", help="With --image: folder for labelled pictures."),
     top: int = typer.Option(5, "--top", min=1, help="Detections drawn per picture, best first."),
+    features: str = FeaturesOption,
     force: bool = ForceOption,
+    executor: str = ExecutorOption,
+    ray_address: str | None = RayAddressOption,
 ) -> None:
     """Score every proposal with every class SVM; keep > -1.5, NMS 0.3, regress, top 100.
 
@@ -51,7 +64,12 @@ def detect_command(
     """
     workdir = WorkDir.at(work)
     cfg = preset(preset_name).detect
+    runner = Executor(executor, address=ray_address)
+    if image and runner.kind != "local":
+        raise SppdetError("--image: detects on this machine; leave out --executor ray")
     if image:
+        if features != "spp":
+            raise SppdetError("--image: detects with SPP features only; leave out --features")
         for path, found in detect_images(workdir, list(image), draw, cfg, top).items():
             print(json.dumps({"image": path, "detections": found}))
         if draw is not None:
@@ -59,8 +77,9 @@ def detect_command(
         return
     if data is None:
         raise SppdetError("detect needs --data (a dataset split) or --image FILE")
-    inputs = open_split(workdir, data, split, classes, model_classes_from="svm")
-    _report(run_detect(workdir, inputs, cfg, bbox, out, force), Console())
+    inputs = open_split(workdir, data, split, classes, model_classes_from="svm", features=features)
+    result = run_detect(workdir, inputs, cfg, bbox, out, force, executor=runner, data=data)
+    _report(result, Console())
 
 
 @app.command("combine")

@@ -12,17 +12,24 @@ from sppdet.cli.app import app
 from sppdet.cli.options import (
     ClassesOption,
     DataOption,
+    ExecutorOption,
+    FeaturesOption,
     ForceOption,
     PresetOption,
+    RayAddressOption,
     SplitOption,
     WorkOption,
     int_list,
 )
 from sppdet.detector.config import override, preset
 from sppdet.detector.data import load_dataset, parse_classes
+from sppdet.detector.errors import SppdetError
 from sppdet.detector.features import cache_info
 from sppdet.detector.featurize import cache_features
 from sppdet.detector.nets import TORCHVISION_PYRAMID
+from sppdet.detector.parallel import Executor
+from sppdet.detector.rcnn import cache_rcnn_features
+from sppdet.detector.training import check_features
 
 
 @app.command("cache-features")
@@ -75,13 +82,37 @@ def cache_features_command(
         "other pyramids train fc6 from scratch.",
         show_default="1,2,3,6",
     ),
+    kind: str = FeaturesOption,
+    precision: str = typer.Option(
+        None,
+        "--precision",
+        help="With --features rcnn: fp32, bf16 or fp16 autocast of the trunk.",
+        show_default="fp32",
+    ),
     classes: str = ClassesOption,
     work: Path = WorkOption,
     preset_name: str = PresetOption,
     force: bool = ForceOption,
+    executor: str = ExecutorOption,
+    ray_address: str | None = RayAddressOption,
 ) -> None:
-    """Run the conv layers once per image and scale; store the conv5 maps (resumable)."""
+    """Run the conv layers once per image and scale; store the conv5 maps (resumable).
+
+    With --features rcnn, instead warp every proposal and ground-truth box (16 px of context) to
+    the trunk's input size and store its pool5 features, R-CNN's way, for the comparison runs
+    of `train-svm --features rcnn` and `detect --features rcnn` (needs `sppdet propose`).
+    """
+    runner = Executor(executor, address=ray_address)
+    if kind == "rcnn" and runner.kind != "local":
+        raise SppdetError("--executor ray: --features rcnn runs locally only; leave it out")
     config = preset(preset_name)
+    if check_features(kind) == "rcnn":
+        spp_only = {"--scales": scales, "--max-size": max_size, "--flip": flip}
+        given = [name for name, value in spp_only.items() if value is not None]
+        if given:
+            raise SppdetError(f"{', '.join(given)}: not used by --features rcnn; leave out")
+    elif precision is not None:
+        raise SppdetError("--precision: used by --features rcnn only")
     features = override(
         config.features,
         backbone=backbone,
@@ -102,7 +133,15 @@ def cache_features_command(
             f"{','.join(map(str, native))}; with {','.join(map(str, spp.pyramid))} fc6 starts "
             "from scratch (fc7 is still reused)"
         )
-    stats = cache_features(dataset, work, features, spp=spp, force=force)
+    if kind == "rcnn":
+        rcnn = override(config.rcnn, precision=precision, dtype=dtype)
+        made = cache_rcnn_features(dataset, work, features, spp, rcnn, force=force)
+        console.print(
+            f"cached R-CNN pool5 of {made.computed} images ({made.images - made.computed} "
+            f"already done, {made.windows} windows) in {made.seconds:.1f} s in {made.root}"
+        )
+        return
+    stats = cache_features(dataset, work, features, spp=spp, force=force, executor=runner)
     done = stats.images - stats.computed
     console.print(
         f"cached {stats.computed} images ({done} already done) of {dataset.split!r} at scales "

@@ -24,6 +24,25 @@ PresetOption = typer.Option(
 ForceOption = typer.Option(
     False, "--force", help="Overwrite a store made with other settings instead of refusing."
 )
+ExecutorOption = typer.Option(
+    "local",
+    "--executor",
+    help="Where the per-shard tasks run: local (this machine) or ray (one task per shard on a "
+    "Ray cluster; needs pip install 'sppdet[ray]' and a work folder shared by all nodes).",
+)
+RayAddressOption = typer.Option(
+    None,
+    "--ray-address",
+    help="With --executor ray: the cluster to join, 'auto' (the one `ray start` runs on this "
+    "node) or HOST:PORT.",
+    show_default="start Ray on this machine for the run",
+)
+FeaturesOption = typer.Option(
+    "spp",
+    "--features",
+    help="Window features: spp (pooled from the conv5 cache) or rcnn (each window warped and "
+    "run through the trunk, R-CNN's way; built by `cache-features --features rcnn`).",
+)
 
 
 def int_list(text: str | None, option: str) -> tuple[int, ...] | None:

@@ -10,10 +10,19 @@ from rich.table import Table
 
 from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
-from sppdet.cli.options import DataOption, ForceOption, PresetOption, SplitOption, WorkOption
+from sppdet.cli.options import (
+    DataOption,
+    ExecutorOption,
+    ForceOption,
+    PresetOption,
+    RayAddressOption,
+    SplitOption,
+    WorkOption,
+)
 from sppdet.detector.config import override, preset
 from sppdet.detector.data import load_dataset
 from sppdet.detector.errors import SppdetError
+from sppdet.detector.parallel import Executor
 from sppdet.proposals.methods import METHODS, check_method
 from sppdet.proposals.recall import AR_LIMITS, measure_recall
 from sppdet.proposals.stage import (
@@ -34,7 +43,7 @@ def _print_summary(summary: ProposeSummary, console: Console) -> None:
     console.print(
         f"{summary.method}: {summary.images} images ({summary.computed} computed, "
         f"{summary.resumed} already done), {summary.mean_boxes:.0f} boxes/image{timing}, "
-        f"{summary.wall_seconds:.1f} s wall with {summary.workers} worker(s) -> {summary.store}",
+        f"{summary.wall_seconds:.1f} s wall with {summary.executor} -> {summary.store}",
         markup=False,
         highlight=False,
     )
@@ -59,7 +68,11 @@ def propose_command(
         help="Keep at most this many boxes per image, best first. With --import: all unless given.",
         show_default="2000 (500 with --preset quick-cpu)",
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes (one thread each)."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="With --executor local: processes (one thread each)."
+    ),
+    executor: str = ExecutorOption,
+    ray_address: str | None = RayAddressOption,
     work: Path = WorkOption,
     preset_name: str = PresetOption,
     force: bool = ForceOption,
@@ -83,12 +96,15 @@ def propose_command(
 ) -> None:
     """Compute region proposals per image into WORK/proposals/<split>/ (resumable)."""
     cfg = preset(preset_name).proposals
+    runner = Executor(executor, workers, ray_address)
     dataset = load_dataset(data, split)
     workdir = WorkDir.at(work)
     console = Console()
     if import_file is not None:
         if method is not None or edge_model is not None:
             raise SppdetError("--import stores the file's boxes; drop --method and --edge-model")
+        if runner.kind != "local":
+            raise SppdetError("--import reads one file in this process; drop --executor ray")
         summary = import_proposals(
             dataset, workdir, import_file, min_side=cfg.min_side, max_boxes=max_boxes,
             shard_size=cfg.shard_size, force=force,
@@ -97,7 +113,7 @@ def propose_command(
         method = check_method(method) if method is not None else None
         cfg = override(cfg, method=method, max_boxes=max_boxes)
         summary = run_proposals(
-            dataset, workdir, cfg, workers=workers, force=force, edge_model=edge_model
+            dataset, workdir, cfg, force=force, edge_model=edge_model, executor=runner
         )
     _print_summary(summary, console)
     if not skip_bad:

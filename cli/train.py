@@ -12,6 +12,7 @@ from sppdet.cli.app import app
 from sppdet.cli.options import (
     ClassesOption,
     DataOption,
+    FeaturesOption,
     ForceOption,
     PresetOption,
     SplitOption,
@@ -72,27 +73,31 @@ def train_svm_command(
         None, "--layer", help="Features: pool5, fc6 or fc7 (after ReLU).", show_default="fc7"
     ),
     finetuned: bool = typer.Option(
-        True,
+        None,
         "--finetuned/--no-finetuned",
         help="fc6/fc7 of the fine-tuned head (needs `sppdet finetune`) or of the backbone: with "
         "--layer, the rows of the paper's Table 9.",
+        show_default="finetuned with spp features; the backbone's with rcnn",
     ),
+    features: str = FeaturesOption,
     force: bool = ForceOption,
 ) -> None:
     """One linear SVM per class with hard-negative mining (liblinear, C=0.001, w+ = 2, bias 10)."""
     cfg = override(preset(preset_name).svm, layer=layer)
     workdir = WorkDir.at(work)
-    inputs = open_split(workdir, data, split, classes)
+    inputs = open_split(workdir, data, split, classes, features=features)
+    if finetuned is None:
+        finetuned = inputs.features == "spp"  # fine-tuning runs on SPP features only
     result = run_train_svm(workdir, inputs, cfg, finetuned, force)
     console = Console()
     if result.get("skipped"):
-        console.print(f"{workdir.model('svm')} is up to date (use --force to retrain)")
+        console.print(f"{result['model']} is up to date (use --force to retrain)")
         return
     for name, stats in result["stats"].items():
         console.print(
             f"{name}: {stats['retrains']} retrains, {stats['cached_negatives']} hard negatives kept"
         )
-    console.print(f"feature scale {result['scale']:.4g}; wrote {workdir.model('svm')}")
+    console.print(f"feature scale {result['scale']:.4g}; wrote {result['model']}")
 
 
 @app.command("train-bbox")
@@ -102,14 +107,16 @@ def train_bbox_command(
     classes: str = ClassesOption,
     work: Path = WorkOption,
     preset_name: str = PresetOption,
+    features: str = FeaturesOption,
     force: bool = ForceOption,
 ) -> None:
     """Per-class ridge regressors (lambda 4000) from pool5 features to whitened R-CNN deltas."""
     cfg = preset(preset_name).bbox
     workdir = WorkDir.at(work)
-    result = run_train_bbox(workdir, open_split(workdir, data, split, classes), cfg, force)
+    inputs = open_split(workdir, data, split, classes, features=features)
+    result = run_train_bbox(workdir, inputs, cfg, force)
     if result.get("skipped"):
-        Console().print(f"{workdir.model('bbox')} is up to date (use --force to retrain)")
+        Console().print(f"{result['model']} is up to date (use --force to retrain)")
         return
     samples = ", ".join(f"{k} {v}" for k, v in result["samples"].items())
-    Console().print(f"samples per class: {samples}; wrote {workdir.model('bbox')}")
+    Console().print(f"samples per class: {samples}; wrote {result['model']}")

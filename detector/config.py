@@ -78,6 +78,36 @@ class SppConfig:
     window_mapping: str = "released"  # released | paper
 
 
+# R-CNN's warp size per trunk: 227 for AlexNet as in R-CNN, 224 (the trunk's design size) else.
+RCNN_WARP_SIZE = {"zf5": 224, "alexnet": 227, "vgg16": 224}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RcnnConfig:
+    """The R-CNN feature path, for comparison: every window is cropped with context, warped to
+    the trunk's input size and run through the whole trunk (R-CNN, Girshick et al. 2014)."""
+
+    context_padding: int = 16  # pixels of warped context around the window (R-CNN's padding)
+    warp_size: int | None = None  # None: RCNN_WARP_SIZE of the backbone
+    batch_windows: int = 64  # warped windows per forward pass: bounds activation memory
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the trunk (see nets.autocast)
+    dtype: str = "float16"  # stored pool5 features
+    shard_size: int = 4
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``sppdet bench``: the paper's speed comparison (section 4.2, Table 10's cost split)."""
+
+    windows: int = 2000  # windows per image, as in the paper
+    images: int = 3
+    one_scale: tuple[int, ...] = SINGLE_SCALE
+    five_scales: tuple[int, ...] = RELEASED_SCALES_5
+    svm_classes: int = 20  # SVMs scored when no trained model is given (PASCAL VOC's 20)
+    repeats: int = 1  # timed runs per image and part (after one warm-up image)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     fg_iou: float = 0.5
@@ -183,6 +213,8 @@ class PipelineConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    rcnn: RcnnConfig = field(default_factory=RcnnConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def _released() -> PipelineConfig:

@@ -9,7 +9,7 @@ the top 100 per class then give the detections, written as VOC results files and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,19 @@ from sppdet.detector.evaluate import ClassDetections, write_coco_results, write_
 from sppdet.detector.features import FeatureCache
 from sppdet.detector.featurize import cache_features
 from sppdet.detector.heads import FcHead
+from sppdet.detector.parallel import Executor, map_shards
 from sppdet.detector.postprocess import Candidates, select, threshold_scores
 from sppdet.detector.progress import progress_bar
 from sppdet.detector.svm import LinearScorer
 from sppdet.detector.training import (
     FEATURE_CHUNK,
+    MADE_BY,
     SplitInputs,
     feature_head,
     load_bbox,
     load_svm,
+    model_name,
+    open_split,
 )
 from sppdet.proposals.stage import raise_for_bad, run_proposals
 from sppdet.proposals.store import open_proposals
@@ -82,11 +86,14 @@ def load_detector(work: WorkDir, inputs: SplitInputs, cfg: DetectConfig, bbox: b
     return Detector(head, svm["layer"], scorer, float(svm["scale"]), regressor, bbox_scale, cfg)
 
 
-def detector_fingerprint(work: WorkDir, cfg: DetectConfig, bbox: bool) -> dict[str, Any]:
-    svm = work.load_model("svm", "sppdet train-svm")
-    made = {"svm": svm["fingerprint"], "detect": as_dict(cfg), "bbox": None}
-    if bbox:
-        made["bbox"] = work.load_model("bbox", "sppdet train-bbox")["fingerprint"]
+def detector_fingerprint(
+    work: WorkDir, cfg: DetectConfig, bbox: bool, features: str = "spp"
+) -> dict[str, Any]:
+    svm, box = model_name("svm", features), model_name("bbox", features)
+    made = {"svm": work.load_model(svm, MADE_BY[svm])["fingerprint"], "detect": as_dict(cfg)}
+    made["bbox"] = work.load_model(box, MADE_BY[box])["fingerprint"] if bbox else None
+    if features != "spp":
+        made["features"] = features
     return made
 
 
@@ -108,37 +115,136 @@ def run_detect(
     bbox: bool = True,
     out: Path | None = None,
     force: bool = False,
+    executor: Executor | None = None,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Detect on every image of the split; returns the output folder and detection counts."""
+    """Detect on every image of the split; returns the output folder and detection counts.
+
+    EXECUTOR runs the candidates' shards: local (default) in this process, or Ray, whose tasks
+    (``detect_shard``) reopen the split from DATA, the dataset INPUTS were opened from.
+    """
     inputs.check_images()
+    remote = executor is not None and executor.kind != "local"
+    settings = detect_settings(work, inputs, cfg, bbox, data) if remote else None
     detector = load_detector(work, inputs, cfg, bbox)
     split = inputs.dataset.split
     params = {
-        **detector_fingerprint(work, cfg, bbox),
+        **detector_fingerprint(work, cfg, bbox, inputs.features),
         "inputs": inputs.inputs_fingerprint,
     }
     ids = [r.image_id for r in inputs.dataset.records]
     store = ShardedStore.create(
-        work.detections(split) / "candidates", CANDIDATES_KIND, params, ids, 8, force=force
+        work.detections(inputs.results_name) / "candidates",
+        CANDIDATES_KIND,
+        params,
+        ids,
+        8,
+        force=force,
     )
     work.record_stage(f"detect:{split}", {"detect": as_dict(cfg), "bbox": bbox})
-
-    def fill(writer: ShardWriter, image_ids: list[str]) -> None:
-        for image_id in image_ids:
-            cands = _image_candidates(inputs, detector, image_id)
-            for name in CANDIDATE_FIELDS:
-                writer.put(image_id, name, getattr(cands, name))
-            bar.advance()
-
     pending = store.pending_shards()
     todo = sum(len(store.shard_image_ids(k)) for k in pending)
     with progress_bar(todo, f"detect {split}") as bar:
-        for shard in pending:
-            store.write_shard(shard, fill)
-    out = out or work.detections(split)
+        if settings is not None:
+            tasks = map_shards(detect_shard, str(store.root), pending, settings, executor=executor)
+            for _, images in tasks:
+                bar.advance(images)
+        else:
+            for shard in pending:
+                store.write_shard(
+                    shard,
+                    lambda writer, image_ids: _write_candidates(
+                        writer, image_ids, inputs, detector, bar.advance
+                    ),
+                )
+    out = out or work.detections(inputs.results_name)
     detections = finish([store], inputs.dataset, cfg, out)
     store.close()
     return {"out": str(out), "detections": {k: len(v) for k, v in detections.items()}}
+
+
+def _write_candidates(
+    writer: ShardWriter,
+    image_ids: list[str],
+    inputs: SplitInputs,
+    detector: Detector,
+    on_image: Callable[[], None] | None = None,
+) -> None:
+    for image_id in image_ids:
+        cands = _image_candidates(inputs, detector, image_id)
+        for name in CANDIDATE_FIELDS:
+            writer.put(image_id, name, getattr(cands, name))
+        if on_image is not None:
+            on_image()
+
+
+def detect_settings(
+    work: WorkDir,
+    inputs: SplitInputs,
+    cfg: DetectConfig,
+    bbox: bool,
+    data: str | Path | None,
+) -> dict[str, Any]:
+    """What a ``detect_shard`` task needs to rebuild INPUTS and the detector in its process.
+
+    Plain picklable values, paths absolute (a worker's folder is not ours). To add a setting,
+    add a key here and read it in ``_worker_detector``; the worker's cache key covers every key.
+    """
+    if data is None:
+        raise SppdetError("detect with --executor ray needs --data: its tasks reopen the split")
+    return {
+        "work": str(Path(work.root).absolute()),
+        "data": str(Path(data).absolute()),
+        "split": inputs.dataset.split,
+        "classes": list(inputs.dataset.classes),
+        "features": inputs.features,
+        "detect": cfg,
+        "bbox": bbox,
+        "inputs": inputs.inputs_fingerprint,  # the worker checks it sees the same stores
+    }
+
+
+# Per worker process: the split's inputs and the detector of the last settings used.
+_worker_state: tuple[str, SplitInputs, Detector] | None = None
+
+
+def _worker_detector(settings: dict[str, Any]) -> tuple[SplitInputs, Detector]:
+    global _worker_state
+    key = repr(sorted(settings.items()))
+    if _worker_state is None or _worker_state[0] != key:
+        if _worker_state is not None:
+            _worker_state[1].cache.close()
+            _worker_state = None
+        work = WorkDir.at(settings["work"])
+        inputs = open_split(
+            work,
+            settings["data"],
+            settings["split"],
+            settings["classes"],
+            features=settings["features"],
+        )
+        if inputs.inputs_fingerprint != settings["inputs"]:
+            raise SppdetError(
+                f"{work.root}: this node sees other proposals or features than the driver; "
+                "put the work folder on a filesystem shared by every node"
+            )
+        detector = load_detector(work, inputs, settings["detect"], settings["bbox"])
+        _worker_state = (key, inputs, detector)
+    return _worker_state[1], _worker_state[2]
+
+
+def detect_shard(root: str, shard: int, settings: dict[str, Any]) -> int:
+    """Score and write shard SHARD of the candidates store at ROOT (a ``map_shards`` task);
+    returns its number of images. SETTINGS: see ``detect_settings``."""
+    inputs, detector = _worker_detector(settings)
+    store = ShardedStore.open(root, CANDIDATES_KIND, "sppdet detect", require_complete=False)
+    try:
+        store.write_shard(
+            shard, lambda writer, image_ids: _write_candidates(writer, image_ids, inputs, detector)
+        )
+        return len(store.shard_image_ids(shard))
+    finally:
+        store.close()
 
 
 def read_candidates(store: ShardedStore, image_id: str) -> Candidates:

@@ -71,6 +71,9 @@ def spp_settings(work: WorkDir, split: str) -> SppConfig:
 class FeatureCache:
     """Read access to one split's conv5 cache, with SPP pooling of windows."""
 
+    source = "spp"  # the kind of features (``sppdet.detector.rcnn.RcnnCache`` is "rcnn")
+    stage = "cache-features"  # its entry in settings.json
+
     def __init__(self, store: ShardedStore, spp: SppConfig, cached_images: int = 1) -> None:
         self.store = store
         self.spp = spp
@@ -120,6 +123,11 @@ class FeatureCache:
     @property
     def fingerprint(self) -> str:
         return self.store.meta.fingerprint
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What decides the features of a window, whatever the split: the store's params."""
+        return self.params
 
     def image_info(self, image_id: str) -> ImageInfo:
         info = self._info.get(image_id)
@@ -219,6 +227,11 @@ class FeatureCache:
             info.map_widths[scales],
             self.shift,
         )
+
+    def feature_keys(self, image_id: str, boxes: np.ndarray) -> np.ndarray:
+        """[N, 5] (best scale, conv5 cells) of each window: equal keys mean equal features."""
+        scales = self.best_scale(image_id, boxes)
+        return np.concatenate([scales[:, None], self.cells(image_id, boxes, scales)], axis=1)
 
     def pooled(
         self,

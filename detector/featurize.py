@@ -22,10 +22,15 @@ writer thread compresses and writes the finished maps, so the network never wait
 decoding or the disk (on a GPU; on a 2-core CPU the threads share the cores with the forward
 passes, which is the overhead the benchmark measures). Each shard appears atomically: a killed
 run leaves no shard a later stage would read as valid, and a rerun computes only missing shards.
+
+With ``--executor ray`` each pending shard is instead one task (``feature_shard``, one GPU each
+when the cluster has GPUs) that loads the backbone once per worker process and writes its shard
+through the same ``write_shard``; the stored maps are the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -46,13 +51,16 @@ from sppdet.detector.config import FeatureConfig, SppConfig, as_dict
 from sppdet.detector.data import Dataset, ImageRecord, read_image
 from sppdet.detector.errors import SppdetError
 from sppdet.detector.nets import (
+    Backbone,
     Preprocessing,
     Trunk,
     describe_weights,
     load_backbone,
     resolve_device,
     trunk_spec,
+    weights_kind,
 )
+from sppdet.detector.parallel import Executor, map_shards
 from sppdet.detector.progress import progress_bar
 from sppdet.detector.spp import layer_geometry
 
@@ -131,13 +139,22 @@ def load_resized(record: ImageRecord, scales: Sequence[int], max_size: int | Non
     start = time.perf_counter()
     image = read_image(record.path)
     height, width = image.shape[:2]
+    resized = resize_to_scales(image, scales, max_size)
+    return LoadedImage(record.image_id, height, width, resized, time.perf_counter() - start)
+
+
+def resize_to_scales(
+    image: np.ndarray, scales: Sequence[int], max_size: int | None
+) -> list[np.ndarray]:
+    """IMAGE resized so its shorter side is each scale (INTER_AREA when shrinking)."""
+    height, width = image.shape[:2]
     resized = []
     for scale in scales:
         h, w = resized_size(height, width, scale, max_size)
         shrink = h * w < height * width
         interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
         resized.append(cv2.resize(image, (w, h), interpolation=interp))
-    return LoadedImage(record.image_id, height, width, resized, time.perf_counter() - start)
+    return resized
 
 
 def compute_conv5(
@@ -199,9 +216,7 @@ class _Writer(threading.Thread):
                 raise _Aborted()
             start = time.perf_counter()
             assert item.image_id == image_id, (item.image_id, image_id)
-            for name, array in item.maps:
-                writer.put(image_id, name, array, compression=self.compression)
-            writer.set_image_attrs(image_id, **item.attrs)
+            _put_image(writer, item, self.compression)
             self.seconds += time.perf_counter() - start
 
     def submit(self, item: ImageMaps) -> float:
@@ -266,8 +281,13 @@ def cache_features(
     progress: bool = True,
     loader_threads: int = 2,
     compression: str | None = COMPRESSION,
+    executor: Executor | None = None,
 ) -> CacheStats:
-    """Build (or resume) the conv5 cache of DATASET's split in WORK; returns what it did."""
+    """Build (or resume) the conv5 cache of DATASET's split in WORK; returns what it did.
+
+    The local executor (default) runs here, with loader and writer threads; ``executor.kind ==
+    "ray"`` runs one ``feature_shard`` task per pending shard on a Ray cluster instead.
+    """
     work = work if isinstance(work, WorkDir) else WorkDir.at(work)
     params = feature_params(config)
     ids = [r.image_id for r in dataset.records]
@@ -281,7 +301,10 @@ def cache_features(
     by_id = dataset.by_id()
     records = [by_id[i] for k in shards for i in store.shard_image_ids(k)]
     stats = CacheStats(root, store.meta.fingerprint, len(ids), len(records), tuple(config.scales))
-    if records:
+    if records and executor is not None and executor.kind == "ray":
+        store.close()
+        _run_tasks(root, shards, by_id, config, stats, progress, compression, executor)
+    elif records:
         device = resolve_device(config.device)
         backbone = load_backbone(config.backbone, config.weights)
         trunk = backbone.trunk.to(device).eval()
@@ -348,3 +371,110 @@ def _image_maps(loaded: LoadedImage, maps: list[tuple[str, torch.Tensor]]) -> Im
         "map_widths": np.array([a.shape[2] for a in plain], np.int64),
     }
     return ImageMaps(loaded.image_id, arrays, attrs)
+
+
+def _put_image(writer: ShardWriter, item: ImageMaps, compression: str | None) -> None:
+    for name, array in item.maps:
+        writer.put(item.image_id, name, array, compression=compression)
+    writer.set_image_attrs(item.image_id, **item.attrs)
+
+
+# ----------------------------------------------------------------------------- shard tasks
+
+
+@dataclass
+class ShardTimes:
+    """What one ``feature_shard`` task did (seconds; picklable, small)."""
+
+    images: int = 0
+    forward: float = 0.0
+    decode: float = 0.0
+    write: float = 0.0
+
+
+# Per worker process: the trunk of the last settings used, so a worker loads it once per run.
+_worker_trunk: tuple[tuple[str, ...], Trunk, Preprocessing, torch.device] | None = None
+
+
+def _trunk_for(config: FeatureConfig, weights_id: str) -> tuple[Trunk, Preprocessing, torch.device]:
+    global _worker_trunk
+    key = (config.backbone, str(config.weights), weights_id, config.device)
+    if _worker_trunk is None or _worker_trunk[0] != key:
+        _worker_trunk = None  # free the previous trunk before building the next
+        device = resolve_device(config.device)
+        backbone: Backbone = load_backbone(config.backbone, config.weights)
+        if backbone.weights_id != weights_id:  # e.g. another file at the same path on this node
+            raise SppdetError(
+                f"{config.weights}: these weights ({backbone.weights_id}) are not the ones the "
+                f"cache was started with ({weights_id}); give every node the same file"
+            )
+        _worker_trunk = (key, backbone.trunk.to(device).eval(), backbone.preprocessing, device)
+    return _worker_trunk[1], _worker_trunk[2], _worker_trunk[3]
+
+
+def feature_shard(root: str, shard: int, settings: dict[str, Any]) -> ShardTimes:
+    """Compute and write shard SHARD of the feature store at ROOT (a ``map_shards`` task).
+
+    SETTINGS: ``config`` (FeatureConfig), ``records`` (image id -> ImageRecord), ``compression``.
+    One loader thread decodes the next image while the trunk runs on the current one.
+    """
+    config: FeatureConfig = settings["config"]
+    store = ShardedStore.open(root, KIND, made_by=MADE_BY, require_complete=False)
+    trunk, pre, device = _trunk_for(config, store.meta.params["weights"])
+    dtype = DTYPES[config.dtype]
+    times = ShardTimes()
+
+    def fill(writer: ShardWriter, image_ids: list[str]) -> None:
+        records = [settings["records"][i] for i in image_ids]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sppdet-load") as pool:
+            for future in _prefetch(pool, records, config.scales, config.max_size, 1):
+                loaded = future.result()
+                t0 = time.perf_counter()
+                maps = compute_conv5(trunk, pre, loaded.resized, device, config.flip, dtype)
+                t1 = time.perf_counter()
+                _put_image(writer, _image_maps(loaded, maps), settings["compression"])
+                times.images += 1
+                times.decode += loaded.seconds
+                times.forward += t1 - t0
+                times.write += time.perf_counter() - t1
+
+    try:
+        store.write_shard(shard, fill)
+    finally:
+        store.close()
+    return times
+
+
+def _run_tasks(
+    root: Path,
+    shards: list[int],
+    by_id: dict[str, ImageRecord],
+    config: FeatureConfig,
+    stats: CacheStats,
+    progress: bool,
+    compression: str | None,
+    executor: Executor,
+) -> None:
+    if weights_kind(config.weights) == "file":  # absolute: the workers' folder is not ours
+        config = dataclasses.replace(config, weights=str(Path(config.weights).absolute()))
+    records = {
+        image_id: dataclasses.replace(by_id[image_id], path=Path(by_id[image_id].path).absolute())
+        for image_id in by_id
+    }
+    settings = {"config": config, "records": records, "compression": compression}
+    start = time.perf_counter()
+    bars = progress_bar(stats.computed, "cache-features", "img") if progress else nullcontext()
+    try:
+        with bars as bar:
+            tasks = map_shards(
+                feature_shard, str(root), shards, settings, executor=executor,
+                gpu=config.device != "cpu",
+            )  # fmt: skip
+            for _, times in tasks:
+                stats.forward += times.forward
+                stats.decode += times.decode
+                stats.write += times.write
+                if bar is not None:
+                    bar.advance(times.images)
+    finally:
+        stats.wall = time.perf_counter() - start

@@ -32,6 +32,7 @@ Only tensors, numbers, strings, lists and dicts, so ``weights_only=True`` loads 
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -230,6 +231,20 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise SppdetError(f"unknown --device {name!r}: choose auto, cpu or cuda")
     return torch.device(name)
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """The mixed-precision context of PRECISION on DEVICE: ``fp32`` runs in float32; ``bf16`` and
+    ``fp16`` autocast the convolutions and matrix products (bf16 uses AMX/AVX-512 on recent CPUs;
+    fp16 suits GPUs). Callers report how far the scores move: see ``sppdet bench``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in _AUTOCAST_DTYPES:
+        raise SppdetError(f"--precision {precision!r}: choose fp32, bf16 or fp16")
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 # --------------------------------------------------------------------------------- backbone

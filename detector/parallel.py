@@ -1,10 +1,10 @@
-"""Run a per-shard stage function over many shards, in this process or in a local process pool.
+"""Run a per-shard stage function over many shards: in this process, a local process pool, or Ray.
 
 A task is (store root, shard index, settings): the function ``fn(root, shard, settings)`` builds
 and writes shard SHARD of the store at ROOT itself and returns a small picklable summary. Results
-arrive in completion order, so a progress bar can advance as soon as any shard finishes. The
-interface holds no pool-specific type, so another executor (Ray, a cluster) can serve the same
-stage functions.
+arrive in completion order, so a progress bar can advance as soon as any shard finishes. An
+``Executor`` says where the tasks run: ``local`` (this module) or ``ray`` (one Ray task per shard,
+in sppdet.detector.executors); both serve the same stage functions and the same shard files.
 
 Worker processes are started with ``spawn`` (safe with threads, CUDA and macOS), and each limits
 OpenCV, OpenMP and torch to one thread: N workers then use N cores rather than N x all cores.
@@ -23,21 +23,59 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import cv2
+
+from sppdet.detector.errors import SppdetError
 
 R = TypeVar("R")
 ShardFn = Callable[[str, int, Any], R]
 
 PARENT_POLL_SECONDS = 1.0
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+EXECUTORS = ("local", "ray")
 
 # Set in each worker by ``_init_worker``: the stage function and its shared arguments.
 _worker_job: tuple[ShardFn, str, Any] | None = None
 
 
-def _limit_threads() -> None:
+@dataclass(frozen=True)
+class Executor:
+    """Where shard tasks run.
+
+    ``local``: this machine, WORKERS processes (1: in this process). ``ray``: one task per shard
+    on the Ray cluster at ADDRESS (``auto``: the cluster ``ray start`` made on this node; None:
+    a Ray instance started on this machine for the run).
+    """
+
+    kind: str = "local"
+    workers: int = 1
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTORS:
+            raise SppdetError(f"--executor {self.kind!r}: choose {' or '.join(EXECUTORS)}")
+        if self.kind == "local" and self.address is not None:
+            raise SppdetError("--ray-address is for --executor ray: add --executor ray or drop it")
+        if self.kind == "ray" and self.workers != 1:
+            raise SppdetError(
+                "--workers is for --executor local; with --executor ray every CPU of the "
+                "cluster runs a shard"
+            )
+        if self.kind == "ray":  # refuse before any work when Ray is missing
+            from sppdet.detector.executors import require_ray
+
+            require_ray()
+
+    def describe(self) -> str:
+        if self.kind == "ray":
+            return f"Ray ({self.address or 'started on this machine'})"
+        return f"{self.workers} worker(s)"
+
+
+def limit_threads() -> None:
     for name in _THREAD_ENV:
         os.environ[name] = "1"  # read by torch/BLAS when they are first imported in this worker
     cv2.setNumThreads(1)
@@ -58,7 +96,7 @@ def _init_worker(fn: ShardFn, root: str, settings: Any) -> None:
     # temporary file, which the next run removes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    _limit_threads()
+    limit_threads()
     _worker_job = (fn, root, settings)
 
 
@@ -91,18 +129,30 @@ def map_shards(
     shard_indices: Sequence[int],
     settings: Any,
     workers: int = 1,
+    *,
+    executor: Executor | None = None,
+    gpu: bool = False,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(shard, fn(root, shard, settings))`` for every shard, in completion order.
 
-    ``workers <= 1`` runs in this process (single-threaded, no start-up cost); otherwise a spawn
-    pool of ``min(workers, len(shard_indices))`` processes. FN must be a module-level function and
-    SETTINGS picklable. If a task raises, or the caller stops early (Ctrl-C, an exception, closing
-    the generator), pending tasks are cancelled and the workers are terminated; shards already
-    written stay valid.
+    EXECUTOR (default: local with WORKERS) picks where tasks run. Local: ``workers <= 1`` runs in
+    this process (single-threaded, no start-up cost); otherwise a spawn pool of
+    ``min(workers, len(shard_indices))`` processes. Ray: one task per shard, with a GPU each when
+    GPU is set and the cluster has GPUs (see sppdet.detector.executors). FN must be a
+    module-level function and SETTINGS picklable. If a task raises, or the caller stops early
+    (Ctrl-C, an exception, closing the generator), pending tasks are cancelled and the workers
+    are terminated; shards already written stay valid.
     """
     shards = list(shard_indices)
     if not shards:
         return
+    if executor is not None and executor.kind == "ray":
+        from sppdet.detector.executors import ray_map_shards
+
+        yield from ray_map_shards(fn, root, shards, settings, executor.address, gpu)
+        return
+    if executor is not None:
+        workers = executor.workers
     if workers <= 1 or len(shards) == 1:
         with single_threaded():
             for shard in shards:

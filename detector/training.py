@@ -30,6 +30,7 @@ from sppdet.detector.finetune import TrainState, WindowTable, train
 from sppdet.detector.heads import LAYERS, FcHead
 from sppdet.detector.nets import describe_weights, load_backbone
 from sppdet.detector.progress import progress_bar, track
+from sppdet.detector.rcnn import RcnnCache
 from sppdet.detector.svm import LinearScorer, TrainingImage, feature_scale, train_svms
 from sppdet.detector.windows import image_windows
 from sppdet.proposals.store import open_proposals
@@ -37,9 +38,29 @@ from sppdet.proposals.store import open_proposals
 log = logging.getLogger(__name__)
 
 # The command that makes each model file, quoted when a model is missing or unreadable.
-MADE_BY = {"finetune": "sppdet finetune", "svm": "sppdet train-svm", "bbox": "sppdet train-bbox"}
+MADE_BY = {
+    "finetune": "sppdet finetune",
+    "svm": "sppdet train-svm",
+    "bbox": "sppdet train-bbox",
+    "svm-rcnn": "sppdet train-svm --features rcnn",
+    "bbox-rcnn": "sppdet train-bbox --features rcnn",
+}
+FEATURE_KINDS = ("spp", "rcnn")  # pooled from the conv5 cache, or R-CNN's warped windows
+
+WindowFeatures = FeatureCache | RcnnCache  # where a split's window features come from
 
 FEATURE_CHUNK = 1024  # windows per forward pass through fc6/fc7: bounds memory per image
+
+
+def model_name(base: str, features: str) -> str:
+    """The model file of BASE (svm, bbox) trained on FEATURES: svm.pt, or svm-rcnn.pt."""
+    return base if features == "spp" else f"{base}-{features}"
+
+
+def check_features(features: str) -> str:
+    if features not in FEATURE_KINDS:
+        raise SppdetError(f"--features {features!r}: choose spp or rcnn")
+    return features
 
 
 @dataclass
@@ -48,17 +69,32 @@ class SplitInputs:
 
     dataset: Dataset
     proposals: Callable[[str], np.ndarray]
-    cache: FeatureCache
+    cache: WindowFeatures
     inputs_fingerprint: str  # of the proposals and feature stores and the image list
+
+    @property
+    def features(self) -> str:
+        return self.cache.source
+
+    @property
+    def results_name(self) -> str:
+        """The folder of WORK/detections/ for these inputs: the split, or e.g. test-rcnn."""
+        split = self.dataset.split
+        return split if self.features == "spp" else f"{split}-{self.features}"
+
+    def model(self, base: str) -> str:
+        """The name of model BASE for these inputs' kind of features."""
+        return model_name(base, self.features)
 
     def check_images(self) -> None:
         cached = set(self.cache.image_ids)
         missing = [r.image_id for r in self.dataset.records if r.image_id not in cached]
         if missing:
+            option = "" if self.features == "spp" else f" --features {self.features}"
             raise SppdetError(
                 f"{self.cache.store.root}: {len(missing)} images of split "
                 f"{self.dataset.split!r} are not cached (e.g. {missing[0]!r}); run "
-                f"`sppdet cache-features --split {self.dataset.split}` on the same data"
+                f"`sppdet cache-features{option} --split {self.dataset.split}` on the same data"
             )
 
 
@@ -68,16 +104,19 @@ def open_split(
     split: str,
     classes: str | Sequence[str] | None = None,
     model_classes_from: str | None = None,
+    features: str = "spp",
 ) -> SplitInputs:
-    """Dataset records, proposals and conv5 cache of SPLIT. Classes: --classes, else those of
-    the model MODEL_CLASSES_FROM (test time: a test split may lack a class), else the data's."""
+    """Dataset records, proposals and window features (the conv5 cache, or with FEATURES "rcnn"
+    the R-CNN store) of SPLIT. Classes: --classes, else those of the model MODEL_CLASSES_FROM
+    (test time: a test split may lack a class), else the data's."""
+    check_features(features)
     names = parse_classes(classes) if isinstance(classes, str) else classes
     if names is None and model_classes_from is not None:
-        model = work.load_model(model_classes_from, MADE_BY[model_classes_from])
-        names = tuple(model["classes"])
+        name = model_name(model_classes_from, features)
+        names = tuple(work.load_model(name, MADE_BY[name])["classes"])
     dataset = load_dataset(data, split, names)
     proposals = open_proposals(work, split)
-    cache = FeatureCache.open(work, split)
+    cache = FeatureCache.open(work, split) if features == "spp" else RcnnCache.open(work, split)
     ids = [r.image_id for r in dataset.records]
     key = fingerprint(
         {"proposals": proposals.fingerprint, "features": cache.fingerprint, "images": ids}
@@ -85,9 +124,9 @@ def open_split(
     return SplitInputs(dataset, proposals.boxes, cache, key)
 
 
-def feature_settings_fingerprint(cache: FeatureCache) -> str:
+def feature_settings_fingerprint(cache: WindowFeatures) -> str:
     """Fingerprint of the cache's settings alone (not its images): equal for train and test."""
-    return fingerprint(cache.params)
+    return fingerprint(cache.settings)
 
 
 def up_to_date(work: WorkDir, name: str, made: dict[str, Any]) -> bool:
@@ -101,21 +140,22 @@ def up_to_date(work: WorkDir, name: str, made: dict[str, Any]) -> bool:
 
 
 def build_head(
-    cache: FeatureCache, work: WorkDir, split: str, num_classes: int, cfg: FinetuneConfig
+    cache: WindowFeatures, work: WorkDir, split: str, num_classes: int, cfg: FinetuneConfig
 ) -> tuple[FcHead, str, bool]:
     """A new head for the cache's pooled features: fc6/fc7 from the backbone when it has usable
     ones, else random; fc8 N(0, 0.01). Returns the head, a line saying where fc6/fc7 came from,
     and whether fc6 is pretrained.
     """
-    recorded = work.settings().get(f"cache-features:{split}", {}).get("settings", {})
+    recorded = work.settings().get(f"{cache.stage}:{split}", {}).get("settings", {})
     weights = recorded.get("features", {}).get("weights", "random")
     state: dict[str, torch.Tensor] = {}
     if weights != "random":
         weights_id, _ = describe_weights(cache.arch, weights)
         if weights_id != cache.params["weights"]:
+            option = "" if cache.source == "spp" else f" --features {cache.source}"
             raise SppdetError(
                 f"{weights}: these weights changed since the cache was built; rerun "
-                f"`sppdet cache-features --split {split} --force`"
+                f"`sppdet cache-features{option} --split {split} --force`"
             )
         state = load_backbone(cache.arch, weights).head_state(cache.pyramid)
     hidden = int(state["fc7.weight"].shape[0]) if "fc7.weight" in state else cfg.fc_dim
@@ -251,7 +291,7 @@ def load_head(work: WorkDir, inputs: SplitInputs) -> FcHead:
 
 
 def window_features(
-    cache: FeatureCache, head: FcHead | None, image_id: str, boxes: np.ndarray, layer: str
+    cache: WindowFeatures, head: FcHead | None, image_id: str, boxes: np.ndarray, layer: str
 ) -> np.ndarray:
     """LAYER features (pool5, fc6 or fc7 after ReLU) of BOXES at their best scale, float32."""
     if layer not in LAYERS:
@@ -295,19 +335,18 @@ def _sample_norm_scale(
 
 
 def dedup_negatives(
-    cache: FeatureCache,
+    cache: WindowFeatures,
     image_id: str,
     boxes: np.ndarray,
     cfg: SvmConfig,
 ) -> np.ndarray:
     """Indices of BOXES kept as distinct negatives: one per (best scale, conv5 cells) in the
-    released code, or greedy IoU > 0.7 suppression in proposal order (the paper)."""
+    released code (one per distinct box for R-CNN features), or greedy IoU > 0.7 suppression in
+    proposal order (the paper)."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
     if cfg.neg_dedup == "cells":
-        scales = cache.best_scale(image_id, boxes)
-        keys = np.concatenate([scales[:, None], cache.cells(image_id, boxes, scales)], axis=1)
-        _, first = np.unique(keys, axis=0, return_index=True)
+        _, first = np.unique(cache.feature_keys(image_id, boxes), axis=0, return_index=True)
         return np.sort(first)
     order_scores = -np.arange(len(boxes), dtype=np.float64)  # earlier proposals win
     return np.sort(nms(boxes, order_scores, cfg.neg_dedup_iou))
@@ -331,8 +370,9 @@ def run_train_svm(
         "classes": list(classes),
         "svm": as_dict(cfg),
     }
-    if not force and up_to_date(work, "svm", made):
-        return {"skipped": True}
+    name = inputs.model("svm")
+    if not force and up_to_date(work, name, made):
+        return {"skipped": True, "model": str(work.model(name))}
 
     def feats(image_id: str, boxes: np.ndarray) -> np.ndarray:
         return window_features(cache, head, image_id, boxes, cfg.layer)
@@ -365,8 +405,8 @@ def run_train_svm(
             bar.note(f"svm: hard negatives (cached {', '.join(map(str, sizes))})")
 
         scorer, stats = train_svms(stacked, images(), cfg, on_image, class_names=classes)
-    work.save_model(
-        "svm",
+    path = work.save_model(
+        name,
         {
             "fingerprint": fingerprint(made),
             "made_from": made,
@@ -379,12 +419,17 @@ def run_train_svm(
             "stats": stats,
         },
     )
-    return {"scale": scale, "stats": dict(zip(classes, stats, strict=True))}
+    return {"scale": scale, "stats": dict(zip(classes, stats, strict=True)), "model": str(path)}
 
 
 def feature_head(work: WorkDir, inputs: SplitInputs, layer: str, finetuned: bool) -> FcHead | None:
     if layer == "pool5":
         return None
+    if finetuned and inputs.features != "spp":
+        raise SppdetError(
+            f"--features {inputs.features} --layer {layer}: fine-tuning runs on SPP features "
+            "only; pass --no-finetuned (the backbone's fc6/fc7) or --layer pool5"
+        )
     if finetuned:
         return load_head(work, inputs)
     cfg = dataclasses.replace(FinetuneConfig(), dropout=0.0)
@@ -404,15 +449,15 @@ def _head_fingerprint(work: WorkDir, finetuned: bool, layer: str) -> str:
 
 
 def load_svm(work: WorkDir, inputs: SplitInputs) -> tuple[LinearScorer, dict[str, Any]]:
-    model = work.load_model("svm", "sppdet train-svm")
+    name = inputs.model("svm")
+    model = work.load_model(name, MADE_BY[name])
     if model["made_from"]["features"] != feature_settings_fingerprint(inputs.cache):
         raise SppdetError(
-            f"{work.model('svm')}: trained on features with other settings; rerun "
-            "`sppdet train-svm`"
+            f"{work.model(name)}: trained on features with other settings; rerun `{MADE_BY[name]}`"
         )
     if model["made_from"]["head"] != _head_fingerprint(work, model["finetuned"], model["layer"]):
         raise SppdetError(
-            f"{work.model('svm')}: trained on another fine-tuned head; rerun `sppdet train-svm`"
+            f"{work.model(name)}: trained on another fine-tuned head; rerun `{MADE_BY[name]}`"
         )
     return LinearScorer(model["weights"].numpy(), model["bias"].numpy()), model
 
@@ -432,8 +477,9 @@ def run_train_bbox(
         "classes": list(classes),
         "bbox": as_dict(cfg),
     }
-    if not force and up_to_date(work, "bbox", made):
-        return {"skipped": True}
+    name = inputs.model("bbox")
+    if not force and up_to_date(work, name, made):
+        return {"skipped": True, "model": str(work.model(name))}
     rng = np.random.default_rng(cfg.seed)
     features, targets, labels = [], [], []
     for record in track(inputs.dataset.records, len(inputs.dataset), "bbox: samples"):
@@ -460,8 +506,8 @@ def run_train_bbox(
             x.astype(np.float32) * scale, y, lab, len(classes), cfg.ridge_lambda
         )
         bar.advance()
-    work.save_model(
-        "bbox",
+    path = work.save_model(
+        name,
         {
             "fingerprint": fingerprint(made),
             "made_from": made,
@@ -474,15 +520,15 @@ def run_train_bbox(
         },
     )
     counts = np.bincount(lab, minlength=len(classes)).tolist()
-    return {"scale": scale, "samples": dict(zip(classes, counts, strict=True))}
+    return {"scale": scale, "samples": dict(zip(classes, counts, strict=True)), "model": str(path)}
 
 
 def load_bbox(work: WorkDir, inputs: SplitInputs) -> tuple[BoxRegressor, float]:
-    model = work.load_model("bbox", "sppdet train-bbox")
+    name = inputs.model("bbox")
+    model = work.load_model(name, MADE_BY[name])
     if model["made_from"]["features"] != feature_settings_fingerprint(inputs.cache):
         raise SppdetError(
-            f"{work.model('bbox')}: trained on features with other settings; rerun "
-            "`sppdet train-bbox`"
+            f"{work.model(name)}: trained on features with other settings; rerun `{MADE_BY[name]}`"
         )
     regressor = BoxRegressor(
         model["weights"].numpy(),

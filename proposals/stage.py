@@ -31,7 +31,7 @@ from sppdet.cache.shards import ShardedStore, ShardWriter
 from sppdet.detector.config import ProposalConfig
 from sppdet.detector.data import Dataset, read_image
 from sppdet.detector.errors import SppdetError
-from sppdet.detector.parallel import map_shards
+from sppdet.detector.parallel import Executor, map_shards
 from sppdet.detector.progress import progress_bar
 from sppdet.proposals.edges import check_edge_model
 from sppdet.proposals.importer import read_rcnn_mat
@@ -73,6 +73,7 @@ class ProposeSummary:
     wall_seconds: float  # this run
     workers: int
     bad: list[BadImage] = field(default_factory=list)  # the whole store's unreadable images
+    executor: str = "1 worker(s)"  # where the shards ran, in words
 
     @property
     def resumed(self) -> int:
@@ -185,7 +186,7 @@ def _summarise(
     computed: int,
     per_image: tuple[float | None, float | None],
     wall: float,
-    workers: int,
+    executor: Executor,
 ) -> ProposeSummary:
     with ProposalStore.open(root) as store:
         bad = [BadImage(i, reason) for i, reason in store.bad_images()]
@@ -200,8 +201,9 @@ def _summarise(
             seconds_per_image=per_image[0],
             cpu_seconds_per_image=per_image[1],
             wall_seconds=wall,
-            workers=workers,
+            workers=executor.workers,
             bad=bad,
+            executor=executor.describe(),
         )
 
 
@@ -214,11 +216,15 @@ def run_proposals(
     force: bool = False,
     edge_model: str | Path | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> ProposeSummary:
     """Compute the proposals of DATASET's split into WORK/proposals/<split>/ (resuming).
 
-    Unreadable images are recorded (``summary.bad``), not raised: see ``raise_for_bad``.
+    EXECUTOR runs the shard tasks (default: WORKERS local processes); the store is the same
+    whichever runs them. Unreadable images are recorded (``summary.bad``), not raised: see
+    ``raise_for_bad``.
     """
+    executor = executor or Executor("local", workers)
     if edge_model is not None:
         if not uses_edges(cfg.method):
             raise SppdetError(
@@ -235,8 +241,9 @@ def run_proposals(
     timing = _load_timing(timing_path, store.meta.fingerprint)
     settings = {
         "config": cfg,
-        "paths": {r.image_id: str(r.path) for r in dataset.records},
-        "edge_model": None if edge_model is None else str(edge_model),
+        # Absolute: a Ray worker's working folder is not the caller's.
+        "paths": {r.image_id: str(Path(r.path).absolute()) for r in dataset.records},
+        "edge_model": None if edge_model is None else str(Path(edge_model).absolute()),
     }
     total = sum(len(store.shard_image_ids(k)) for k in pending)
     start = time.perf_counter()
@@ -247,7 +254,8 @@ def run_proposals(
     )
     try:
         with bar_context as bar:
-            for shard, outcome in map_shards(propose_shard, str(root), pending, settings, workers):
+            tasks = map_shards(propose_shard, str(root), pending, settings, executor=executor)
+            for shard, outcome in tasks:
                 timing[str(shard)] = [outcome.images, outcome.seconds, outcome.cpu_seconds]
                 for bad in outcome.bad:
                     print(f"sppdet: skipped unreadable image: {bad.reason}", file=sys.stderr)
@@ -255,7 +263,7 @@ def run_proposals(
                     bar.advance(outcome.images + len(outcome.bad))
     finally:  # keep the times of the shards that finished, even on Ctrl-C
         per_image = _save_timing(timing_path, store.meta.fingerprint, cfg.method, timing)
-    return _summarise(root, cfg.method, total, per_image, time.perf_counter() - start, workers)
+    return _summarise(root, cfg.method, total, per_image, time.perf_counter() - start, executor)
 
 
 def import_proposals(
@@ -310,7 +318,7 @@ def import_proposals(
         store.write_shard(shard, fill)
     computed = sum(len(store.shard_image_ids(k)) for k in pending)
     wall = time.perf_counter() - start
-    return _summarise(root, "import", computed, (None, None), wall, 1)
+    return _summarise(root, "import", computed, (None, None), wall, Executor())
 
 
 def raise_for_bad(summary: ProposeSummary) -> None:

@@ -1,0 +1,383 @@
+"""``sppdet bench``: SPP against R-CNN with one trunk, on the same images and windows, in one
+process (the paper's section 4.2 and Table 10).
+
+Per image, each part is timed on its own (the device synchronised before and after):
+
+    proposals    the configured method on the decoded image
+    rcnn_conv    R-CNN: warp every window (16 px context) and run conv1-5 + pool5 on it, batched
+    rcnn_fc      fc6-fc7 on the R-CNN pool5 features
+    spp_conv_1   SPP: resize to the 1-scale setting and run conv1-5 once
+    spp_pool_1   window -> cells at that scale and spatial pyramid pooling of all windows
+    spp_conv_5   the same at the 5 scales
+    spp_pool_5   best scale per window, cells and pooling over the 5 maps
+    spp_fc       fc6-fc7 on the 5-scale pooled features
+    svm          linear SVM scores of every window for every class
+    nms          per-class NMS (0.3) of every scored window, the top 100 kept
+
+The windows are the image's proposals, best first, topped up with random boxes (seeded) when the
+method gives fewer than ``--windows``: R-CNN's cost depends on the number of windows, not on
+where they are. The fc6/fc7 head is the backbone's when it has one, else a random one of the
+paper's width (4,096), and the SVMs are random linear scorers over ``svm_classes`` classes: none
+of these timings depends on the weights, and every window passes the score threshold, so NMS
+is timed at its largest. Speed-ups (paper: 270x and 49x for the convolutions, 102x and 38x with
+fc6-fc7):
+
+    conv      rcnn_conv / (spp_conv + spp_pool)
+    conv+fc   (rcnn_conv + rcnn_fc) / (spp_conv + spp_pool + spp_fc)
+
+With ``--precision bf16|fp16`` the trunk and fc layers run under autocast, and the report says
+how far the SVM scores move against float32 on the same windows, and whether the detections
+(after NMS) stay the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from sppdet.detector.config import FeatureConfig, PipelineConfig, RcnnConfig
+from sppdet.detector.data import Dataset, read_image
+from sppdet.detector.errors import SppdetError
+from sppdet.detector.featurize import resize_to_scales
+from sppdet.detector.heads import FcHead
+from sppdet.detector.nets import Backbone, autocast, load_backbone, resolve_device, trunk_spec
+from sppdet.detector.postprocess import Candidates, select
+from sppdet.detector.progress import progress_bar
+from sppdet.detector.rcnn import RcnnFeaturizer
+from sppdet.detector.spp import (
+    WindowPooler,
+    best_scale,
+    boxes_to_cells,
+    check_pyramid,
+    edge_shift,
+    layer_geometry,
+    pyramid_dim,
+    scale_factor,
+)
+from sppdet.proposals.methods import propose
+
+PARTS = (
+    "proposals",
+    "rcnn_conv",
+    "rcnn_fc",
+    "spp_conv_1",
+    "spp_pool_1",
+    "spp_conv_5",
+    "spp_pool_5",
+    "spp_fc",
+    "svm",
+    "nms",
+)
+HEAD_SEED = 0
+SVM_FEATURE_NORM = 20.0  # the SVM stage's mean feature norm (SvmConfig.feature_norm)
+CHECK_RCNN_WINDOWS = 128  # windows of the R-CNN path re-run in float32 for the precision check
+
+
+@dataclass
+class Bench:
+    """The trunk, head and scorer shared by both paths, on one device."""
+
+    backbone: Backbone
+    head: FcHead
+    svm_weights: torch.Tensor  # [K, D7]
+    cfg: PipelineConfig
+    device: torch.device
+    precision: str
+    pooler: WindowPooler = field(default_factory=WindowPooler)
+
+    @property
+    def pyramid(self) -> tuple[int, ...]:
+        return check_pyramid(self.cfg.spp.pyramid)
+
+
+def make_bench(features: FeatureConfig, cfg: PipelineConfig, precision: str) -> Bench:
+    device = resolve_device(features.device)
+    backbone = load_backbone(features.backbone, features.weights)
+    backbone.trunk.to(device).eval()
+    if device.type == "cuda":
+        backbone.trunk.to(memory_format=torch.channels_last)
+    pyramid = check_pyramid(cfg.spp.pyramid)
+    state = backbone.head_state(pyramid)
+    hidden = int(state["fc7.weight"].shape[0]) if "fc7.weight" in state else cfg.finetune.fc_dim
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEAD_SEED)
+        head = FcHead(pyramid_dim(pyramid, backbone.channels), hidden, 2, 0.0)
+        head.load_state_dict(state, strict=False)
+        weights = torch.randn(cfg.bench.svm_classes, hidden)
+    weights /= weights.norm(dim=1, keepdim=True)
+    return Bench(backbone, head.to(device).eval(), weights.to(device), cfg, device, precision)
+
+
+class Timer:
+    """Seconds per named part, with the device synchronised around each."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
+
+
+def bench_windows(
+    proposals: np.ndarray, count: int, height: int, width: int, seed: int
+) -> np.ndarray:
+    """COUNT windows float32 [N, 4]: the proposals, topped up with random boxes if too few."""
+    boxes = np.asarray(proposals, np.float32).reshape(-1, 4)[:count]
+    missing = count - len(boxes)
+    if missing <= 0:
+        return boxes
+    rng = np.random.default_rng(seed)
+    w = np.exp(rng.uniform(np.log(16), np.log(max(width, 17)), missing))
+    h = w * np.exp(rng.uniform(np.log(1 / 3), np.log(3), missing))
+    w, h = np.minimum(w, width), np.minimum(h, height)
+    x1 = rng.uniform(0, width - w + 1e-6)
+    y1 = rng.uniform(0, height - h + 1e-6)
+    extra = np.stack([x1, y1, x1 + w - 1, y1 + h - 1], 1).round()
+    extra = np.clip(extra, 0, [width - 1, height - 1, width - 1, height - 1])
+    return np.concatenate([boxes, extra.astype(np.float32)])
+
+
+def spp_pool5(
+    bench: Bench,
+    rgb: np.ndarray,
+    boxes: np.ndarray,
+    scales: Sequence[int],
+    timer: Timer,
+    tag: str,
+    precision: str,
+) -> torch.Tensor:
+    """SPP pool5 [N, D] (device, float32) of BOXES at their best of SCALES; timed as conv and
+    pool parts."""
+    trunk, pre, device = bench.backbone.trunk, bench.backbone.preprocessing, bench.device
+    with timer(f"spp_conv_{tag}"), torch.inference_mode(), autocast(device, precision):
+        resized = resize_to_scales(rgb, scales, bench.cfg.features.max_size)
+        maps = []
+        for image in resized:
+            x = pre(image, device)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            maps.append(trunk(x)[0])
+    with timer(f"spp_pool_{tag}"), torch.inference_mode():
+        spp = bench.cfg.spp
+        height, width = rgb.shape[:2]
+        min_side = min(height, width)
+        effective = np.array([min(r.shape[:2]) for r in resized], np.int64)
+        index = best_scale(
+            boxes, min_side, effective, spp.scale_rule, spp.area_target, spp.released_target_side
+        )
+        _, layers = trunk_spec(bench.backbone.arch)
+        geometry = layer_geometry(layers)
+        sizes = np.array([m.shape[1:] for m in maps], np.int64)
+        cells = boxes_to_cells(
+            np.asarray(boxes, np.float64),
+            scale_factor(effective[index], min_side),
+            geometry,
+            sizes[index, 0],
+            sizes[index, 1],
+            edge_shift(spp.window_mapping, geometry),
+        )
+        dim = pyramid_dim(bench.pyramid, bench.backbone.channels)
+        out = torch.empty(len(boxes), dim, dtype=torch.float32, device=device)
+        pooled = bench.pooler.pool(maps, cells, bench.pyramid, map_index=index, out=out)
+    return pooled
+
+
+def fc7(bench: Bench, pool5: torch.Tensor, precision: str) -> torch.Tensor:
+    with torch.inference_mode(), autocast(bench.device, precision):
+        return bench.head.features(pool5, "fc7").float()
+
+
+def svm_scores(bench: Bench, features: torch.Tensor) -> torch.Tensor:
+    """Scores [N, K] of the random linear SVMs, on features scaled to the SVM stage's norm."""
+    with torch.inference_mode():
+        norm = features.norm(dim=1).mean().clamp_min(1e-12)
+        return (features * (SVM_FEATURE_NORM / norm)) @ bench.svm_weights.T
+
+
+def detections(bench: Bench, boxes: np.ndarray, scores: torch.Tensor) -> Candidates:
+    """Every (window, class) scored, then per-class NMS and the top 100 (the detect stage)."""
+    values = scores.float().cpu().numpy()
+    rows, labels = np.nonzero(np.ones_like(values, dtype=bool))
+    candidates = Candidates(
+        boxes[rows], boxes[rows], values[rows, labels].astype(np.float32), labels.astype(np.int64)
+    )
+    return select(candidates, bench.cfg.detect)
+
+
+def _same_detections(a: Candidates, b: Candidates) -> float:
+    """Jaccard index of two detection sets as (class, box) pairs: 1.0 = identical."""
+    keys_a = {(int(c), *map(float, box)) for c, box in zip(a.labels, a.boxes, strict=True)}
+    keys_b = {(int(c), *map(float, box)) for c, box in zip(b.labels, b.boxes, strict=True)}
+    union = keys_a | keys_b
+    return len(keys_a & keys_b) / len(union) if union else 1.0
+
+
+def bench_image(
+    bench: Bench, rgb: np.ndarray, seed: int, featurizer: RcnnFeaturizer, timer: Timer
+) -> dict[str, Any]:
+    """Time every part on one image; returns the window count and the precision check."""
+    height, width = rgb.shape[:2]
+    cfg = bench.cfg
+    with timer("proposals"):
+        proposals = propose(rgb, dataclasses.replace(cfg.proposals, max_boxes=cfg.bench.windows))
+    boxes = bench_windows(proposals, cfg.bench.windows, height, width, seed)
+    image = featurizer.prepare(rgb)
+    with timer("rcnn_conv"):
+        rcnn_pool5 = featurizer.pool5(image, boxes)
+    with timer("rcnn_fc"):
+        fc7(bench, rcnn_pool5, bench.precision)
+    spp_pool5(bench, rgb, boxes, cfg.bench.one_scale, timer, "1", bench.precision)
+    pool5 = spp_pool5(bench, rgb, boxes, cfg.bench.five_scales, timer, "5", bench.precision)
+    with timer("spp_fc"):
+        features = fc7(bench, pool5, bench.precision)
+    with timer("svm"):
+        scores = svm_scores(bench, features)
+    with timer("nms"):
+        found = detections(bench, boxes, scores)
+    result: dict[str, Any] = {"windows": len(boxes), "proposals": int(len(proposals))}
+    if bench.precision != "fp32":
+        result["check"] = precision_check(bench, rgb, boxes, scores, found, rcnn_pool5)
+    return result
+
+
+def precision_check(
+    bench: Bench,
+    rgb: np.ndarray,
+    boxes: np.ndarray,
+    scores: torch.Tensor,
+    found: Candidates,
+    rcnn_pool5: torch.Tensor,
+) -> dict[str, float]:
+    """How far mixed precision moves the 5-scale SPP scores (and those of the first windows of
+    the R-CNN path) from float32, and how many detections stay the same."""
+    scratch = Timer(bench.device)
+    pool5 = spp_pool5(bench, rgb, boxes, bench.cfg.bench.five_scales, scratch, "5", "fp32")
+    exact = svm_scores(bench, fc7(bench, pool5, "fp32"))
+    delta = (scores - exact).abs()
+    fp32 = dataclasses.replace(bench.cfg.rcnn, precision="fp32")
+    reference = RcnnFeaturizer(bench.backbone, bench.pyramid, fp32, bench.device)
+    few = boxes[:CHECK_RCNN_WINDOWS]
+    rcnn_exact = svm_scores(bench, fc7(bench, reference.pool5(reference.prepare(rgb), few), "fp32"))
+    rcnn_mixed = svm_scores(bench, fc7(bench, rcnn_pool5[: len(few)], bench.precision))
+    return {
+        "spp_max_abs_score_diff": float(delta.max()),
+        "spp_mean_abs_score_diff": float(delta.mean()),
+        "score_std": float(exact.std()),
+        "rcnn_max_abs_score_diff": float((rcnn_mixed - rcnn_exact).abs().max()),
+        "same_detections": _same_detections(found, detections(bench, boxes, exact)),
+    }
+
+
+def run_bench(
+    dataset: Dataset,
+    features: FeatureConfig,
+    cfg: PipelineConfig,
+    precision: str = "fp32",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Time both paths on the first ``cfg.bench.images`` images of DATASET; the report's
+    ``per_image`` holds mean seconds per image, ``speedup`` the ratios."""
+    count = cfg.bench.images
+    if count < 1:
+        raise SppdetError(f"--images {count}: give 1 or more")
+    if cfg.bench.windows < 1:
+        raise SppdetError(f"--windows {cfg.bench.windows}: give 1 or more")
+    records = dataset.records[:count]
+    if not records:
+        raise SppdetError(f"split {dataset.split!r} of {dataset.name} has no images")
+    bench = make_bench(features, cfg, precision)
+    rcnn_cfg: RcnnConfig = dataclasses.replace(cfg.rcnn, precision=precision)
+    featurizer = RcnnFeaturizer(bench.backbone, bench.pyramid, rcnn_cfg, bench.device)
+    _warm_up(bench, featurizer, read_image(records[0].path))
+    timer = Timer(bench.device)
+    images: list[dict[str, Any]] = []
+    with progress_bar(len(records), "bench", "img") if progress else _nothing() as bar:
+        for k, record in enumerate(records):
+            before = dict(timer.seconds)
+            found = bench_image(bench, read_image(record.path), k, featurizer, timer)
+            found["image_id"] = record.image_id
+            found["seconds"] = {p: timer.seconds[p] - before.get(p, 0.0) for p in PARTS}
+            images.append(found)
+            if bar is not None:
+                bar.advance()
+    per_image = {p: timer.seconds[p] / len(records) for p in PARTS}
+    return {
+        "backbone": features.backbone,
+        "weights": bench.backbone.weights_id,
+        "device": str(bench.device),
+        "device_name": _device_name(bench.device),
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "windows": cfg.bench.windows,
+        "one_scale": list(cfg.bench.one_scale),
+        "five_scales": list(cfg.bench.five_scales),
+        "proposal_method": cfg.proposals.method,
+        "images": images,
+        "per_image": per_image,
+        "speedup": speedups(per_image),
+        "check": _mean_check(images),
+    }
+
+
+def speedups(per_image: dict[str, float]) -> dict[str, float]:
+    """The paper's ratios from mean seconds per image."""
+    rcnn_conv, rcnn_total = per_image["rcnn_conv"], per_image["rcnn_conv"] + per_image["rcnn_fc"]
+    ratios = {}
+    for tag in ("1", "5"):
+        conv = per_image[f"spp_conv_{tag}"] + per_image[f"spp_pool_{tag}"]
+        ratios[f"conv_{tag}_scale"] = rcnn_conv / conv
+        ratios[f"conv_fc_{tag}_scale"] = rcnn_total / (conv + per_image["spp_fc"])
+    return ratios
+
+
+def _mean_check(images: list[dict[str, Any]]) -> dict[str, float] | None:
+    checks = [im["check"] for im in images if "check" in im]
+    if not checks:
+        return None
+    keys = checks[0].keys()
+    worst = {k: max(c[k] for c in checks) for k in keys if "max" in k}
+    return {
+        **worst,
+        "spp_mean_abs_score_diff": float(np.mean([c["spp_mean_abs_score_diff"] for c in checks])),
+        "score_std": float(np.mean([c["score_std"] for c in checks])),
+        "same_detections": float(np.mean([c["same_detections"] for c in checks])),
+    }
+
+
+def _warm_up(bench: Bench, featurizer: RcnnFeaturizer, rgb: np.ndarray) -> None:
+    """One untimed pass of every kernel (allocator, oneDNN/cuDNN algorithm choice)."""
+    count = min(bench.cfg.bench.windows, bench.cfg.rcnn.batch_windows)
+    boxes = bench_windows(np.zeros((0, 4)), count, *rgb.shape[:2], seed=0)
+    scratch = Timer(bench.device)
+    featurizer.pool5(featurizer.prepare(rgb), boxes)
+    for scales in (bench.cfg.bench.one_scale, bench.cfg.bench.five_scales):
+        pool5 = spp_pool5(bench, rgb, boxes, scales, scratch, "w", bench.precision)
+        svm_scores(bench, fc7(bench, pool5, bench.precision))
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
