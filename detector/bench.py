@@ -47,7 +47,15 @@ from sppdet.detector.data import Dataset, read_image
 from sppdet.detector.errors import SppdetError
 from sppdet.detector.featurize import resize_to_scales
 from sppdet.detector.heads import FcHead
-from sppdet.detector.nets import Backbone, autocast, load_backbone, resolve_device, trunk_spec
+from sppdet.detector.nets import (
+    Backbone,
+    autocast,
+    device_input,
+    load_backbone,
+    resolve_device,
+    to_device,
+    trunk_spec,
+)
 from sppdet.detector.postprocess import Candidates, select
 from sppdet.detector.progress import progress_bar
 from sppdet.detector.rcnn import RcnnFeaturizer
@@ -100,9 +108,7 @@ class Bench:
 def make_bench(features: FeatureConfig, cfg: PipelineConfig, precision: str) -> Bench:
     device = resolve_device(features.device)
     backbone = load_backbone(features.backbone, features.weights)
-    backbone.trunk.to(device).eval()
-    if device.type == "cuda":
-        backbone.trunk.to(memory_format=torch.channels_last)
+    backbone.trunk = to_device(backbone.trunk, device)
     pyramid = check_pyramid(cfg.spp.pyramid)
     state = backbone.head_state(pyramid)
     hidden = int(state["fc7.weight"].shape[0]) if "fc7.weight" in state else cfg.finetune.fc_dim
@@ -170,10 +176,7 @@ def spp_pool5(
         resized = resize_to_scales(rgb, scales, bench.cfg.features.max_size)
         maps = []
         for image in resized:
-            x = pre(image, device)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            maps.append(trunk(x)[0])
+            maps.append(trunk(device_input(pre(image, device)))[0])
     with timer(f"spp_pool_{tag}"), torch.inference_mode():
         spp = bench.cfg.spp
         height, width = rgb.shape[:2]

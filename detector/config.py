@@ -64,6 +64,7 @@ class FeatureConfig:
     dtype: str = "float16"
     flip: bool = False
     device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast of the trunk (nets.autocast)
     shard_size: int = 4
 
 

@@ -47,16 +47,19 @@ import torch
 
 from sppdet.cache.shards import ShardedStore, ShardWriter
 from sppdet.cache.workdir import WorkDir
-from sppdet.detector.config import FeatureConfig, SppConfig, as_dict
+from sppdet.detector.config import PRECISIONS, FeatureConfig, SppConfig, as_dict
 from sppdet.detector.data import Dataset, ImageRecord, read_image
 from sppdet.detector.errors import SppdetError
 from sppdet.detector.nets import (
     Backbone,
     Preprocessing,
     Trunk,
+    autocast,
     describe_weights,
+    device_input,
     load_backbone,
     resolve_device,
+    to_device,
     trunk_spec,
     weights_kind,
 )
@@ -93,6 +96,8 @@ def check_config(config: FeatureConfig) -> None:
         raise SppdetError(f"--scales {config.scales}: give positive pixel sizes, e.g. 480,688")
     if config.max_size is not None and config.max_size < 1:
         raise SppdetError(f"--max-size {config.max_size}: must be positive")
+    if config.precision not in PRECISIONS:
+        raise SppdetError(f"--precision {config.precision!r}: choose {', '.join(PRECISIONS)}")
 
 
 def feature_params(config: FeatureConfig) -> dict[str, Any]:
@@ -112,6 +117,7 @@ def feature_params(config: FeatureConfig) -> dict[str, Any]:
         "max_size": int(config.max_size) if config.max_size else None,
         "dtype": config.dtype,
         "flip": bool(config.flip),
+        "precision": config.precision,
     }
 
 
@@ -164,12 +170,13 @@ def compute_conv5(
     device: torch.device,
     flip: bool,
     dtype: torch.dtype,
+    precision: str = "fp32",
 ) -> list[tuple[str, torch.Tensor]]:
     """conv5 maps [C, h, w] (CPU, DTYPE) of every resized image (and its mirror when FLIP)."""
     maps = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for k, image in enumerate(resized):
-            x = preprocessing(image, device)
+            x = device_input(preprocessing(image, device))
             maps.append((conv5_name(k), trunk(x)[0].to(dtype)))
             if flip:
                 maps.append((conv5_name(k, True), trunk(x.flip(-1))[0].to(dtype)))
@@ -307,7 +314,7 @@ def cache_features(
     elif records:
         device = resolve_device(config.device)
         backbone = load_backbone(config.backbone, config.weights)
-        trunk = backbone.trunk.to(device).eval()
+        trunk = to_device(backbone.trunk, device)
         _run(store, shards, records, trunk, backbone.preprocessing, config, device, stats,
              progress, loader_threads, compression)  # fmt: skip
     stats.bytes_total = store.total_bytes()
@@ -341,7 +348,9 @@ def _run(
                 t0 = time.perf_counter()
                 loaded = future.result()
                 t1 = time.perf_counter()
-                maps = compute_conv5(trunk, pre, loaded.resized, device, config.flip, dtype)
+                maps = compute_conv5(
+                    trunk, pre, loaded.resized, device, config.flip, dtype, config.precision
+                )
                 stats.wait_load += t1 - t0
                 stats.forward += time.perf_counter() - t1
                 stats.decode += loaded.seconds
@@ -408,7 +417,7 @@ def _trunk_for(config: FeatureConfig, weights_id: str) -> tuple[Trunk, Preproces
                 f"{config.weights}: these weights ({backbone.weights_id}) are not the ones the "
                 f"cache was started with ({weights_id}); give every node the same file"
             )
-        _worker_trunk = (key, backbone.trunk.to(device).eval(), backbone.preprocessing, device)
+        _worker_trunk = (key, to_device(backbone.trunk, device), backbone.preprocessing, device)
     return _worker_trunk[1], _worker_trunk[2], _worker_trunk[3]
 
 
@@ -430,7 +439,9 @@ def feature_shard(root: str, shard: int, settings: dict[str, Any]) -> ShardTimes
             for future in _prefetch(pool, records, config.scales, config.max_size, 1):
                 loaded = future.result()
                 t0 = time.perf_counter()
-                maps = compute_conv5(trunk, pre, loaded.resized, device, config.flip, dtype)
+                maps = compute_conv5(
+                    trunk, pre, loaded.resized, device, config.flip, dtype, config.precision
+                )
                 t1 = time.perf_counter()
                 _put_image(writer, _image_maps(loaded, maps), settings["compression"])
                 times.images += 1

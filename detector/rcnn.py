@@ -56,8 +56,10 @@ from sppdet.detector.nets import (
     Backbone,
     autocast,
     describe_weights,
+    device_input,
     load_backbone,
     resolve_device,
+    to_device,
 )
 from sppdet.detector.progress import progress_bar
 from sppdet.detector.spp import check_pyramid, image_spp, pyramid_dim
@@ -125,9 +127,7 @@ class RcnnFeaturizer:
                 f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}"
             )
         self.preprocessing = backbone.preprocessing
-        self.trunk = backbone.trunk.to(device).eval()
-        if device.type == "cuda":
-            self.trunk = self.trunk.to(memory_format=torch.channels_last)
+        self.trunk = to_device(backbone.trunk, device)
         self.pyramid = check_pyramid(pyramid)
         self.config = config
         self.device = device
@@ -142,15 +142,13 @@ class RcnnFeaturizer:
         """pool5 [N, D] float32 (on the device) of BOXES in a prepared image."""
         out = torch.empty((len(boxes), self.dim), dtype=torch.float32, device=self.device)
         step = max(1, self.config.batch_windows)
-        channels_last = self.device.type == "cuda"
         with torch.inference_mode(), autocast(self.device, self.config.precision):
             for start in range(0, len(boxes), step):
                 crops = warp_windows(
                     image, boxes[start : start + step], self.size, self.config.context_padding
                 )
-                if channels_last:
-                    crops = crops.contiguous(memory_format=torch.channels_last)
-                out[start : start + len(crops)] = image_spp(self.trunk(crops), self.pyramid)
+                conv5 = self.trunk(device_input(crops))
+                out[start : start + len(crops)] = image_spp(conv5, self.pyramid)
         return out
 
 

@@ -121,6 +121,7 @@ def test_fingerprint_covers_every_setting(tmp_path):
         "max_size": 999,
         "dtype": "float32",
         "flip": False,
+        "precision": "bf16",
     }
     before = feature_params(reference)
     for key, value in variants.items():
@@ -131,6 +132,19 @@ def test_fingerprint_covers_every_setting(tmp_path):
     # device and shard size do not change the maps
     same = dataclasses.replace(reference, device="cuda", shard_size=9)
     assert feature_params(same) == before
+
+
+def test_mixed_precision_maps_are_close_to_float32(voc):
+    record = load_voc(voc, "trainval").records[0]
+    resized = featurize.load_resized(record, (96,), None).resized
+    trunk, pre, cpu = build_trunk("zf5").eval(), ZF5_PREPROCESSING, torch.device("cpu")
+    exact = featurize.compute_conv5(trunk, pre, resized, cpu, False, torch.float32)[0][1]
+    mixed = featurize.compute_conv5(trunk, pre, resized, cpu, False, torch.float32, "bf16")[0][1]
+    assert not torch.equal(mixed, exact)  # bf16 really ran
+    # bf16 keeps 8 bits of mantissa: relative errors of a few 1e-3 per layer, five layers deep.
+    assert (mixed - exact).norm() / exact.norm() < 0.05
+    with pytest.raises(SppdetError, match="--precision"):
+        feature_params(FeatureConfig(precision="int8"))
 
 
 def test_other_settings_are_refused_unless_forced(voc, tmp_path):
