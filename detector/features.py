@@ -252,7 +252,7 @@ class FeatureCache:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         n = len(boxes)
         if out is None:
-            out = torch.empty(n, self.dim, dtype=dtype)
+            out = self._pooler.new_result(n, self.dim, dtype)
         elif out.shape[0] < n or out.shape[1] != self.dim:
             raise ValueError(f"out must be [>= {n}, {self.dim}], got {tuple(out.shape)}")
         out = out[:n]

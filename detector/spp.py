@@ -36,9 +36,12 @@ side; see ``featurize`` for what ``--max-size`` does to it).
 
 from __future__ import annotations
 
+import ctypes
 import math
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -183,6 +186,14 @@ def _floor_log2(length: torch.Tensor) -> torch.Tensor:
     return torch.frexp(length.to(torch.float64)).exponent.to(torch.int64) - 1
 
 
+def _table_level(length: torch.Tensor) -> torch.Tensor:
+    """Sparse-table level k of runs of LENGTH >= 1 cells: two lookups of 2^k cells, one at each
+    end of the run, cover it exactly when 2^k <= length <= 2^(k+1). k = floor(log2(length - 1))
+    (0 for a single cell) is the smallest such k: a run of 4 takes two 2-cell lookups rather
+    than one 4-cell lookup, so fewer tables need building."""
+    return _floor_log2((length - 1).clamp_min(1))
+
+
 def _plan(levels: tuple[int, ...]) -> dict[int, int | None]:
     """For each level, the finer level it is derived from (n divides m), or None to compute it.
 
@@ -196,55 +207,180 @@ def _plan(levels: tuple[int, ...]) -> dict[int, int | None]:
     return plan
 
 
-def _reduce_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Max over DIM with a chain of elementwise maxima (faster than amax on strided views)."""
-    parts = x.unbind(dim)
-    out = parts[0].clone() if len(parts) == 1 else torch.maximum(parts[0], parts[1])
-    for part in parts[2:]:
-        torch.maximum(out, part, out=out)
-    return out
+Pair = tuple[int, int]
+
+
+def _table_order(needed: Iterable[Pair]) -> list[tuple[Pair, Pair | None]]:
+    """The sparse tables to build for one map, as (table, source) in build order.
+
+    Table (a, b) holds maxima over 2^a x 2^b cells; it is one elementwise max of two shifted
+    copies of table (a-1, b) or (a, b-1). (0, 0) is the map itself (source None). Each needed
+    table is reached from the nearest one already built, so only tables on those paths are
+    built, not the full grid up to the largest a and b.
+    """
+    order: list[tuple[Pair, Pair | None]] = [((0, 0), None)]
+    built = {(0, 0)}
+    for a, b in sorted(needed, key=lambda p: (p[0] + p[1], p)):
+        below = [q for q in built if q[0] <= a and q[1] <= b]
+        qa, qb = min(below, key=lambda q: (a - q[0] + b - q[1], q))
+        while (qa, qb) != (a, b):
+            step = (qa + 1, qb) if qa < a else (qa, qb + 1)
+            if step not in built:
+                order.append((step, (qa, qb)))
+                built.add(step)
+            qa, qb = step
+    return order
+
+
+# Integer views whose order is the order of the floats they hold (see _to_ordered_).
+_ORDERED_INT = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
+def _flip_negative_(keys: torch.Tensor) -> None:
+    """In place, on the bits of floats viewed as integers: invert the magnitude bits of negative
+    numbers. Integer order then is float order (-0 just below +0), and the map is its own
+    inverse. The sign bit is kept, so the same call maps pooled keys back to float bits."""
+    bits = keys.element_size() * 8
+    keys.bitwise_xor_((keys >> (bits - 1)) & ((1 << (bits - 1)) - 1))
+
+
+def _to_ordered_(keys: torch.Tensor, dtype: torch.dtype) -> None:
+    """Float bits of DTYPE (viewed as integers) -> integers of the same order, in place.
+
+    After the flip, NaNs with the sign bit set would sort below -inf; they become the positive
+    NaN, which sorts above +inf, so that a bin holding a NaN pools to NaN as torch.max does.
+    """
+    _flip_negative_(keys)
+    key = keys.dtype
+    lowest = torch.tensor(-math.inf, dtype=dtype).view(key).reshape(1).clone()
+    _flip_negative_(lowest)
+    nan = torch.tensor(math.nan, dtype=dtype).abs().view(key).item()
+    keys.masked_fill_(keys < lowest.item(), nan)
+
+
+_MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
+_HUGE_PAGE = 2 << 20
+_madvise: Callable[[int, int, int], int] | None = None
+
+
+def advise_huge_pages(tensor: torch.Tensor) -> None:
+    """Ask Linux to back a large CPU tensor with 2 MiB pages before it is first written.
+
+    Filling a fresh 100 MB result touches 25,000 4 KiB pages, and their page faults cost about
+    as much as the pooling itself; with 2 MiB pages it is 50 faults. This is advice only
+    (madvise MADV_HUGEPAGE on the whole 2 MiB pages inside the tensor): values are unchanged,
+    and where it is unavailable (other systems, transparent huge pages off) nothing happens.
+    """
+    global _madvise
+    if tensor.device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    size = tensor.numel() * tensor.element_size()
+    first = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+    last = (tensor.data_ptr() + size) // _HUGE_PAGE * _HUGE_PAGE
+    if not tensor.is_contiguous() or last <= first:
+        return
+    if _madvise is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            libc.madvise.restype = ctypes.c_int
+            _madvise = libc.madvise
+        except (OSError, AttributeError):
+            _madvise = lambda *_: -1  # noqa: E731  (no libc madvise: never ask again)
+    _madvise(first, last - first, _MADV_HUGEPAGE)
+
+
+# torch offers no public way to ask whether other tensors share a storage; without this
+# private one, results are never reused (see WindowPooler.new_result).
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _references(tensor: torch.Tensor) -> tuple[int, int]:
+    """(tensors holding TENSOR's storage, Python references to its storage object)."""
+    storage = tensor.untyped_storage()  # one object per storage: held elsewhere, it counts
+    return int(_storage_use_count(storage._cdata)), sys.getrefcount(storage)
+
+
+_PROBE = torch.empty(1)
+_UNSHARED = _references(_PROBE) if _storage_use_count is not None else None
+
+
+def _shared(buffer: torch.Tensor) -> bool:
+    """Whether anything besides BUFFER itself references its memory (another tensor or view,
+    a numpy array, a storage object, ...). True when that cannot be known."""
+    return _UNSHARED is None or _references(buffer) != _UNSHARED
 
 
 class WindowPooler:
     """Vectorised window SPP over conv maps (one image's scales), with reusable work buffers.
 
     Sparse tables: for each map, ``T[a, b][y, x]`` is the max over the 2^a x 2^b cells from
-    (y, x), built with one elementwise max per table. A bin of h x w cells is the max of four
-    overlapping lookups with a = floor(log2 h), b = floor(log2 w), so every bin costs the same
-    whatever its size. The tables of all maps share one buffer, so a batch of windows that lie
-    on different maps (scales) is pooled by one gather, in the caller's order. Coarser levels
-    that divide a finer one are reduced from it (``_plan``). Everything runs in the maps' dtype:
-    max pooling only selects stored values, so float16 is exact. Windows go through in chunks
-    of ``chunk`` so the gathered rows stay in cache. Work buffers are kept between calls: fresh
-    multi-megabyte allocations cost page faults that would dominate the run time.
+    (y, x), channels last, built with one elementwise max per table and only for the (a, b)
+    that some bin uses (``_table_order``). A bin is the max of four overlapping lookups
+    (``_table_level``), so every bin costs the same whatever its size. The tables of all maps
+    share one buffer, so windows on different maps (scales) are pooled by one gather, in the
+    caller's order. Coarser levels that divide a finer one are reduced from it (``_plan``).
+
+    Maxima are taken on integers: float maps are viewed as integers of the same width whose
+    order is the floats' order (a no-op for maps without negative values, such as ReLU
+    outputs; else ``_to_ordered_``). Max pooling only selects stored values, so the result is
+    exact, and integer maxima run several times faster than float16 ones on CPU. Windows go
+    through in chunks of ``chunk``, window-major, so that the gathered rows stay in each
+    thread's cache; a chunk ends with one conversion to the output dtype and one transposing
+    copy per level into the channel-major output.
+
+    Memory: work buffers are kept between calls and new ones are backed by huge pages
+    (``advise_huge_pages``), and so is a result the pooler allocates (``new_result``), whose
+    memory is reused once the caller has dropped it. Page faults on fresh memory would
+    otherwise cost as much as the pooling.
     """
 
-    def __init__(self, chunk: int = 32) -> None:
+    def __init__(self, chunk: int = 16, keep_results: int = 2) -> None:
         self.chunk = chunk
+        self.keep_results = keep_results
         self._buffers: dict[str, torch.Tensor] = {}
+        self._results: list[torch.Tensor] = []
+
+    def new_result(
+        self, rows: int, dim: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """An uninitialised [ROWS, DIM] tensor to pool into, for a caller that keeps no buffer.
+
+        The memory of an earlier result is reused once nothing references it any more (no
+        tensor, view, numpy array or storage object): a fresh 100 MB result would otherwise be
+        faulted in page by page, and on a virtual machine that returns freed memory to its
+        host that costs more than the pooling. The pooler keeps at most ``keep_results`` such
+        buffers alive.
+        """
+        device = torch.device(device)
+        numel = rows * dim
+        if numel == 0:
+            return torch.empty(rows, dim, dtype=dtype, device=device)
+        for buffer in self._results:
+            fits = buffer.dtype == dtype and buffer.device == device and buffer.numel() >= numel
+            if fits and not _shared(buffer):
+                return buffer[:numel].view(rows, dim)
+        buffer = torch.empty(numel, dtype=dtype, device=device)
+        advise_huge_pages(buffer)
+        if self.keep_results > 0:
+            self._results = [*self._results, buffer][-self.keep_results :]
+        return buffer.view(rows, dim)
 
     def _buffer(
-        self, name: str, numel: int, dtype: torch.dtype, device: torch.device
+        self, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
+        numel = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.device != device or buf.numel() < numel:
             buf = torch.empty(numel, dtype=dtype, device=device)
+            advise_huge_pages(buf)
             self._buffers[name] = buf
-        return buf[:numel]
-
-    @staticmethod
-    def _build(tables: torch.Tensor, conv_map: torch.Tensor) -> None:
-        """Fill TABLES [A, B, H, W, C] for CONV_MAP [C, H, W]."""
-        rows, cols, h, w, _ = tables.shape
-        tables[0, 0].copy_(conv_map.permute(1, 2, 0))
-        for b in range(1, cols):
-            s = 1 << (b - 1)
-            prev = tables[0, b - 1]
-            torch.maximum(prev[:, : w - s], prev[:, s:], out=tables[0, b, :, : w - s])
-        for a in range(1, rows):
-            s = 1 << (a - 1)
-            prev = tables[a - 1]
-            torch.maximum(prev[:, : h - s], prev[:, s:], out=tables[a, :, : h - s])
+        return buf[:numel].view(*shape)
 
     def pool(
         self,
@@ -257,13 +393,16 @@ class WindowPooler:
         """SPP of windows CELLS [N, 4] -> [N, C*sum(n^2)], in OUT's dtype when OUT is given.
 
         MAPS is one conv map [C, H, W] or a list of them (same C, dtype, device); window i lies on
-        ``maps[map_index[i]]`` (map 0 when MAP_INDEX is None). Returns OUT[:N] or a new tensor.
+        ``maps[map_index[i]]`` (map 0 when MAP_INDEX is None). Returns OUT[:N], or without OUT a
+        tensor from ``new_result`` in the maps' dtype.
         """
         levels = check_pyramid(pyramid)
         maps = [maps] if torch.is_tensor(maps) else list(maps)
         first = maps[0]
         if any(m.dim() != 3 or m.shape[0] != first.shape[0] for m in maps):
             raise ValueError("conv maps must be [C, H, W] with the same C")
+        if any(m.dtype != first.dtype or m.device != first.device for m in maps):
+            raise ValueError("conv maps must share one dtype and device")
         channels, device, dtype = first.shape[0], first.device, first.dtype
         cells = torch.as_tensor(np.asarray(cells) if not torch.is_tensor(cells) else cells)
         cells = cells.to(device, torch.int64).reshape(-1, 4)
@@ -277,79 +416,178 @@ class WindowPooler:
             if which.shape != (n,) or (n and (which.min() < 0 or which.max() >= len(maps))):
                 raise ValueError(f"map_index must hold {n} indices into {len(maps)} maps")
         dim = pyramid_dim(levels, channels)
-        out = torch.empty(n, dim, dtype=dtype, device=device) if out is None else out[:n]
+        if out is None:
+            out = self.new_result(n, dim, dtype, device)
+        out = out[:n]
         if out.shape != (n, dim):
             raise ValueError(f"out must be [{n}, {dim}], got {tuple(out.shape)}")
         if n == 0:
             return out
+        advise_huge_pages(out)
         sizes = torch.tensor([m.shape[1:] for m in maps], dtype=torch.int64, device=device)
         height, width = sizes[which, 0], sizes[which, 1]
         _check_cells(cells, height, width)
+        key = _ORDERED_INT.get(dtype, dtype)
+        keyed = [m.view(key) for m in maps]
         plan = _plan(levels)
         bins = {}
         for m in (m for m, src in plan.items() if src is None):
             xs, xe = level_bins(cells[:, 0], cells[:, 2], m)
             ys, ye = level_bins(cells[:, 1], cells[:, 3], m)
-            bins[m] = (xs, xe, ys, ye, _floor_log2(xe - xs), _floor_log2(ye - ys))
-        # Table depth per map: enough for its widest and tallest bins.
-        depth = torch.zeros(len(maps), 2, dtype=torch.int64, device=device)
-        for *_, kx, ky in bins.values():
-            k = torch.stack([ky.amax(1), kx.amax(1)], 1)
-            depth = depth.scatter_reduce(0, which[:, None].expand(-1, 2), k, "amax")
-        depth = (depth + 1).tolist()
-        counts = [a * b * h * w for (a, b), (h, w) in zip(depth, sizes.tolist(), strict=True)]
-        used = torch.bincount(which, minlength=len(maps)).tolist()
-        starts = np.cumsum([0] + [c if u else 0 for c, u in zip(counts, used, strict=True)])
-        flat = self._buffer("tables", int(starts[-1]) * channels, dtype, device)
-        flat = flat.view(-1, channels)
-        for k, conv in enumerate(maps):
-            if used[k]:
-                a, b = depth[k]
-                h, w = conv.shape[1:]
-                self._build(flat[starts[k] : starts[k + 1]].view(a, b, h, w, channels), conv)
-        base = torch.as_tensor(starts[:-1], device=device)[which][:, None, None]
-        cols = torch.tensor([b for _, b in depth], device=device)[which][:, None, None]
-        rows_h, rows_w = height[:, None, None], width[:, None, None]
+            bins[m] = (xs, xe, ys, ye, _table_level(xe - xs), _table_level(ye - ys))
+        flat, slot, signed = self._tables(keyed, dtype, which, bins)
         index = {}
         for m, (xs, xe, ys, ye, kx, ky) in bins.items():
-            table = base + (ky[:, :, None] * cols + kx[:, None, :]) * rows_h * rows_w  # [N,m,m]
-            ycorners = (ys, ye - (1 << ky))
-            xcorners = (xs, xe - (1 << kx))
-            index[m] = torch.stack(
-                [
-                    table + y[:, :, None] * rows_w + x[:, None, :]
-                    for y in ycorners
-                    for x in xcorners
-                ],
-                1,
-            )  # [N, 4, m(y), m(x)]
+            start = slot[which[:, None, None], ky[:, :, None], kx[:, None, :]]  # [N, m(y), m(x)]
+            rows = torch.stack([ys, ye - (1 << ky)], 1) * width[:, None, None]  # [N, 2, m]
+            cols = torch.stack([xs, xe - (1 << kx)], 1)  # first and last lookup of each bin
+            corners = rows[:, :, None, :, None] + cols[:, None, :, None, :]  # [N, 2, 2, m, m]
+            index[m] = start[:, None] + corners.flatten(1, 2)  # [N, 4, m, m]
+        self._pool_chunks(flat, index, _Work(levels, plan, dtype, signed), out)
+        return out
+
+    def _tables(
+        self,
+        keyed: list[torch.Tensor],
+        dtype: torch.dtype,
+        which: torch.Tensor,
+        bins: dict[int, tuple[torch.Tensor, ...]],
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Build the sparse tables the bins look up, for the maps that hold windows.
+
+        Returns the tables [rows, C] (all maps, one buffer), the first row of table (a, b) of
+        map k at ``slot[k, a, b]``, and whether the maps needed the ordered-integer flip.
+        """
+        channels, device, key = keyed[0].shape[0], keyed[0].device, keyed[0].dtype
+        depth = 1 + max(int(torch.maximum(kx.max(), ky.max())) for *_, kx, ky in bins.values())
+        used = torch.zeros(len(keyed) * depth * depth, dtype=torch.int64, device=device)
+        for *_, kx, ky in bins.values():
+            code = (which[:, None, None] * depth + ky[:, :, None]) * depth + kx[:, None, :]
+            used += torch.bincount(code.reshape(-1), minlength=used.numel())
+        needed: dict[int, list[Pair]] = {}
+        for code in used.nonzero().reshape(-1).tolist():
+            needed.setdefault(code // (depth * depth), []).append(
+                divmod(code % (depth * depth), depth)
+            )
+        orders = {k: _table_order(pairs) for k, pairs in needed.items()}
+        slot = torch.full((len(keyed), depth, depth), -1, dtype=torch.int64)
+        rows = 0
+        for k, order in orders.items():
+            h, w = keyed[k].shape[1:]
+            for (a, b), _ in order:
+                slot[k, a, b] = rows
+                rows += h * w
+        flat = self._buffer("tables", (rows, channels), key, device)
+        signed = key != dtype and any(bool(keyed[k].amin() < 0) for k in orders)
+        for k, order in orders.items():
+            h, w = keyed[k].shape[1:]
+
+            def table(pair: Pair, k: int = k, h: int = h, w: int = w) -> torch.Tensor:
+                first = int(slot[k, pair[0], pair[1]])
+                return flat[first : first + h * w].view(h, w, channels)
+
+            base = table((0, 0))
+            base.copy_(keyed[k].permute(1, 2, 0))
+            if signed:
+                _to_ordered_(base, dtype)
+            for (a, b), source in order[1:]:
+                prev, dst = table(source), table((a, b))
+                if a > source[0]:
+                    s = 1 << source[0]
+                    torch.maximum(prev[: h - s], prev[s:], out=dst[: h - s])
+                else:
+                    s = 1 << source[1]
+                    torch.maximum(prev[:, : w - s], prev[:, s:], out=dst[:, : w - s])
+        return flat, slot.to(device), signed
+
+    def _pool_chunks(
+        self, flat: torch.Tensor, index: dict[int, torch.Tensor], work: _Work, out: torch.Tensor
+    ) -> None:
+        """Gather, reduce and write every chunk of windows into OUT (channel-major levels)."""
+        n, channels, levels = out.shape[0], flat.shape[1], work.levels
         offsets = np.cumsum([0] + [channels * m * m for m in levels])
+        # Transposing copies run fastest on integers of the output's width.
+        out_key = _ORDERED_INT.get(out.dtype, out.dtype)
+        blocks = [
+            out.view(out_key)[:, offsets[i] : offsets[i + 1]].view(n, channels, m * m)
+            for i, m in enumerate(levels)
+        ]
+        lookups = {m: idx.flatten(1) for m, idx in index.items()}  # [N, 4 * m * m]
+        size, steps = 0, _ChunkSteps({}, [], [])
         for start in range(0, n, self.chunk):
             stop = min(start + self.chunk, n)
-            g = stop - start
-            pooled: dict[int, torch.Tensor] = {}
-            for m in sorted(plan, reverse=True):
-                src = plan[m]
-                if src is None:
-                    idx = index[m][start:stop].reshape(-1)
-                    got = self._buffer(f"gather{m}", idx.numel() * channels, dtype, device)
-                    got = torch.index_select(flat, 0, idx, out=got.view(-1, channels))
-                    pooled[m] = _reduce_axis(got.view(g, 4, m * m, channels), 1)
-                else:
-                    r = src // m
-                    finer = pooled[src].view(g, m, r, src, channels)
-                    finer = _reduce_axis(finer, 2).view(g, m * m, r, channels)
-                    pooled[m] = _reduce_axis(finer, 2)
-            # Transpose to channel-major in the maps' dtype (cheaper), then convert if needed.
-            same = out.dtype == dtype
-            target = out[start:stop] if same else self._buffer("out", g * dim, dtype, device)
-            target = target.view(g, dim)
-            for k, m in enumerate(levels):
-                block = target[:, offsets[k] : offsets[k + 1]].view(g, channels, m * m)
-                block.copy_(pooled[m].view(g, m * m, channels).transpose(1, 2))
-            if not same:
-                out[start:stop].copy_(target)
-        return out
+            if stop - start != size:  # the views below serve every chunk of this size
+                size = stop - start
+                steps = self._chunk_steps(size, flat, work, out.dtype)
+            for m, gathered in steps.gathered.items():
+                torch.index_select(flat, 0, lookups[m][start:stop].reshape(-1), out=gathered)
+            for step in steps.reduce:
+                step()
+            for block, values in zip(blocks, steps.levels, strict=True):
+                block[start:stop].copy_(values)
+
+    def _chunk_steps(
+        self, g: int, flat: torch.Tensor, work: _Work, out_dtype: torch.dtype
+    ) -> _ChunkSteps:
+        """Buffers and views of the work on a chunk of G windows, made once per chunk size:
+        Python-side tensor bookkeeping would otherwise cost as much as the maxima.
+
+        A chunk's windows are pooled into ``pooled`` [g, sum n^2, C] (levels in pyramid order,
+        ordered integers, window-major so that both threads keep their half of the windows in
+        their own cache through all steps): each computed level is the max over the 4 gathered
+        corners of its bins, each derived level the max over blocks of a finer one (``_plan``).
+        """
+        channels, key, device = flat.shape[1], flat.dtype, flat.device
+        levels, plan, dtype = work.levels, work.plan, work.dtype
+        firsts = np.cumsum([0] + [m * m for m in levels])
+        bins_at = {m: (int(firsts[i]), int(firsts[i + 1])) for i, m in enumerate(levels)}
+        pooled = self._buffer("pooled", (g, int(firsts[-1]), channels), key, device)
+        gathered, reduce = {}, []
+        for m in sorted(plan, reverse=True):
+            target = pooled[:, bins_at[m][0] : bins_at[m][1]]
+            src = plan[m]
+            if src is None:
+                got = self._buffer(f"gather{m}", (g * 4 * m * m, channels), key, device)
+                gathered[m] = got
+                corners = got.view(g, 4, m * m, channels)
+                pair = corners[:, :2]  # max of corners 0, 2 and of 1, 3, in place, then of both
+                reduce.append(partial(torch.maximum, pair, corners[:, 2:], out=pair))
+                reduce.append(partial(torch.maximum, pair[:, 0], pair[:, 1], out=target))
+                continue
+            # Level m from level src = r*m: max over r rows of finer bins, then r columns.
+            r = src // m
+            finer = pooled[:, bins_at[src][0] : bins_at[src][1]].view(g, m, r, src, channels)
+            rows = self._buffer(f"coarsen{m}", (g, m, src, channels), key, device)
+            cols = rows.view(g, m, m, r, channels)
+            target = target.view(g, m, m, channels)
+            for into, parts in ((rows, finer.unbind(2)), (target, cols.unbind(3))):
+                reduce.append(partial(torch.maximum, parts[0], parts[1], out=into))
+                reduce.extend(partial(torch.maximum, into, part, out=into) for part in parts[2:])
+        if work.signed:
+            reduce.append(partial(_flip_negative_, pooled))
+        values = pooled.view(dtype)
+        if out_dtype != dtype:
+            converted = self._buffer("converted", pooled.shape, out_dtype, device)
+            reduce.append(partial(converted.copy_, values))
+            values = converted
+        values = values.view(_ORDERED_INT.get(out_dtype, out_dtype))
+        transposed = [values[:, bins_at[m][0] : bins_at[m][1]].transpose(1, 2) for m in levels]
+        return _ChunkSteps(gathered, reduce, transposed)
+
+
+@dataclass(frozen=True)
+class _Work:
+    levels: tuple[int, ...]  # the pyramid
+    plan: dict[int, int | None]  # level -> the finer level it is reduced from (``_plan``)
+    dtype: torch.dtype  # the maps' dtype
+    signed: bool  # the maps' integer views needed the order-preserving flip
+
+
+@dataclass(frozen=True)
+class _ChunkSteps:
+    gathered: dict[int, torch.Tensor]  # level -> [g * 4 * m * m, C], filled by the gather
+    reduce: list[Callable[[], object]]  # maxima, derived levels, flip, dtype conversion
+    levels: list[torch.Tensor]  # per level, the chunk's result as [g, C, m*m] (a view)
 
 
 def _check_cells(cells: torch.Tensor, height: torch.Tensor, width: torch.Tensor) -> None:

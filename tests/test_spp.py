@@ -14,6 +14,11 @@ from sppdet.detector.nets import build_trunk
 from sppdet.detector.spp import (
     CellGeometry,
     WindowPooler,
+    _flip_negative_,
+    _table_level,
+    _table_order,
+    _to_ordered_,
+    advise_huge_pages,
     best_scale,
     best_scale_area,
     best_scale_released,
@@ -270,12 +275,144 @@ def test_roi_pool_bins_match_for_the_default_levels_but_not_for_seven():
     assert last[lengths == 57, 6] == want_last[lengths == 57, 6] + 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_ordered_keys_sort_like_the_floats_and_map_back(dtype):
+    """The pooler takes maxima on integers: float bits with the magnitude of negative numbers
+    inverted. Their order must be the floats' order, and the same flip must restore the bits."""
+    if dtype == torch.float32:
+        rng = np.random.default_rng(10)
+        special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -1e-45], np.float32)
+        bits = np.concatenate([rng.integers(-(2**31), 2**31, 200_000), special.view(np.int32)])
+        bits = torch.from_numpy(bits.astype(np.int32))
+    else:  # every 16-bit pattern
+        bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    values = bits.view(dtype).double()
+    number = ~torch.isnan(values)
+    keys = bits.clone()
+    _to_ordered_(keys, dtype)
+    order = torch.argsort(keys[number], stable=True)
+    assert torch.all(values[number][order].diff() >= 0)  # integer order is float order
+    assert values[number][order[0]] == -math.inf and values[number][order[-1]] == math.inf
+    assert (keys[~number] > keys[number].max()).all()  # every NaN sorts above +inf
+    back = keys.clone()
+    _flip_negative_(back)
+    assert torch.equal(back[number], bits[number])  # numbers map back bit for bit
+    assert torch.isnan(back[~number].view(dtype)).all()
+
+
+def test_pooler_is_exact_on_signed_zero_infinite_and_nan_maps():
+    rng = np.random.default_rng(11)
+    conv = rng.standard_normal((6, 17, 21)).astype(np.float32)
+    conv[0] = -np.abs(conv[0])  # a channel of negatives only
+    conv[1] = -0.0
+    conv[2, 3:9, 4:15] = np.inf
+    conv[3, 5, 5] = -np.inf
+    conv[4, 8, 8] = np.nan  # positive NaN
+    conv[5, 2, 3] = -np.float32(np.nan)  # NaN with the sign bit set (what 0 * inf gives)
+    cells = random_cells(rng, 200, 17, 21)
+    want = reference_spp(conv, cells, (1, 2, 3, 6))
+    for dtype in (torch.float32, torch.float16):
+        maps = torch.from_numpy(conv).to(dtype)
+        expect = reference_spp(maps.float().numpy(), cells, (1, 2, 3, 6))
+        got = WindowPooler(chunk=16).pool(maps, cells, out=torch.empty(200, expect.shape[1]))
+        assert np.array_equal(got.numpy(), expect, equal_nan=True)
+    assert np.isnan(want).any() and np.isposinf(want).any() and (want < 0).any()
+
+
+def test_pooler_keeps_map_dtype_or_converts_exactly_to_the_output_dtype():
+    rng = np.random.default_rng(12)
+    conv = np.maximum(rng.standard_normal((8, 30, 40)), 0).astype(np.float16)  # ReLU output
+    cells = random_cells(rng, 100, 30, 40)
+    want = reference_spp(conv, cells, (1, 2, 3, 6))
+    pooler = WindowPooler(chunk=7)  # chunks that do not divide the windows
+    same = pooler.pool(torch.from_numpy(conv), cells)
+    assert same.dtype == torch.float16 and np.array_equal(same.numpy(), want)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        got = pooler.pool(torch.from_numpy(conv), cells, out=torch.empty(100, 8 * 50, dtype=dtype))
+        assert got.dtype == dtype
+        assert torch.equal(got, torch.from_numpy(want).to(dtype))
+    doubles = torch.from_numpy(conv).double() - 0.5  # float64 maps, signed
+    got = pooler.pool(doubles, cells, out=torch.empty(100, 8 * 50))
+    assert np.array_equal(got.numpy(), reference_spp(doubles.numpy(), cells, (1, 2, 3, 6)))
+
+
+def test_table_level_is_the_smallest_that_covers_a_run_with_two_lookups():
+    length = torch.arange(1, 5000)
+    k = _table_level(length)
+    assert torch.all(2**k <= length) and torch.all(length <= 2 ** (k + 1))
+    assert torch.all((k == 0) | (2**k < length))  # k - 1 would leave a gap between lookups
+    assert k[:9].tolist() == [0, 0, 1, 1, 2, 2, 2, 2, 3]  # lengths 1..9
+
+
+def test_table_order_builds_the_needed_tables_from_built_sources():
+    needed = [(1, 1), (1, 3), (2, 3), (3, 0), (0, 2)]
+    order = _table_order(needed)
+    built = [pair for pair, _ in order]
+    assert order[0] == ((0, 0), None) and len(set(built)) == len(built)
+    assert set(needed) <= set(built)
+    for i, (pair, source) in enumerate(order[1:], 1):
+        assert source in built[:i]  # built before it
+        assert (pair[0] - source[0], pair[1] - source[1]) in ((1, 0), (0, 1))
+    # Not the 16 tables of the full grid up to (3, 3): the needed ones and the shortest paths
+    # to them ((1, 3) continues from (0, 2) through (1, 2); (3, 0) goes up from (0, 0)).
+    assert set(built) == set(needed) | {(0, 0), (0, 1), (1, 2), (1, 0), (2, 0)}
+    assert _table_order([]) == [((0, 0), None)]
+
+
+def test_results_reuse_memory_only_when_nothing_references_it():
+    rng = np.random.default_rng(13)
+    conv = torch.from_numpy(rng.standard_normal((4, 9, 11)).astype(np.float32))
+    cells = random_cells(rng, 40, 9, 11)
+    want = torch.from_numpy(reference_spp(conv.numpy(), cells, (1, 2, 3, 6)))
+    pooler = WindowPooler(keep_results=2)
+    first = pooler.pool(conv, cells)
+    address = first.data_ptr()
+    held = {
+        "tensor": lambda x: x,
+        "view": lambda x: x[3:5],
+        "numpy array": lambda x: x.numpy(),
+        "storage": lambda x: x.untyped_storage(),
+        "dlpack capsule": lambda x: x.__dlpack__(),
+    }
+    for how, hold in held.items():
+        keep = hold(first)
+        del first
+        second = pooler.pool(conv, cells)
+        assert second.data_ptr() != address, how  # still referenced: new memory
+        assert torch.equal(second, want)
+        del keep, second  # only the pooler holds them now
+        first = pooler.pool(conv, cells)
+        assert first.data_ptr() == address, how  # dropped: reused
+        assert torch.equal(first, want)
+    del first
+    smaller = pooler.pool(conv, cells[:7])  # a result that fits in a kept buffer reuses it
+    assert smaller.data_ptr() == address and torch.equal(smaller, want[:7])
+    never = WindowPooler(keep_results=0)
+    assert torch.equal(never.pool(conv, cells), want) and never._results == []
+    assert len(pooler._results) == 2
+    assert never.new_result(0, 5, torch.float32).shape == (0, 5)
+
+
+def test_advise_huge_pages_changes_no_values():
+    tensor = torch.arange(3 << 20, dtype=torch.float32)  # 12 MiB: several whole 2 MiB pages
+    advise_huge_pages(tensor)
+    advise_huge_pages(tensor[::2])  # not contiguous: no advice, no error
+    advise_huge_pages(torch.zeros(3))  # smaller than a page: nothing to advise
+    assert torch.equal(tensor, torch.arange(3 << 20, dtype=torch.float32))
+    fresh = torch.empty(5 << 20, dtype=torch.float16)
+    advise_huge_pages(fresh)
+    fresh.fill_(2.5)
+    assert bool((fresh == 2.5).all())
+
+
 def test_window_spp_rejects_cells_outside_the_map():
     conv = torch.zeros(2, 4, 4)
     with pytest.raises(ValueError, match=r"\[0, 0, 4, 3\] are not inside the 4x4 map"):
         window_spp(conv, np.array([[0, 0, 4, 3]]))
     with pytest.raises(ValueError, match="inside"):
         window_spp(conv, np.array([[2, 0, 1, 3]]))
+    with pytest.raises(ValueError, match="one dtype"):
+        WindowPooler().pool([conv, conv.half()], np.array([[0, 0, 1, 1]]))
 
 
 # --------------------------------------------------------------------------- whole-image SPP
