@@ -60,6 +60,7 @@ from sppdet.detector.nets import (
     load_backbone,
     resolve_device,
     to_device,
+    trunk_spec,
 )
 from sppdet.detector.progress import progress_bar
 from sppdet.detector.spp import check_pyramid, image_spp, pyramid_dim
@@ -288,11 +289,7 @@ class RcnnCache:
         self.arch: str = self.params["backbone"]
         self.pyramid: tuple[int, ...] = tuple(self.params["pyramid"])
         self._loaded: tuple[str, np.ndarray, np.ndarray] | None = None
-        channels = None
-        if store.meta.image_ids:
-            first = store.meta.image_ids[0]
-            channels = store.get(first, "pool5").shape[1] // sum(n * n for n in self.pyramid)
-        self.dim = pyramid_dim(self.pyramid, channels) if channels else 0
+        self.dim = pyramid_dim(self.pyramid, trunk_spec(self.arch)[0])
 
     @classmethod
     def open(cls, work: WorkDir, split: str) -> RcnnCache:
