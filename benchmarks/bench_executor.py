@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_proposals import store_digest  # the sibling script, importable when run as a script
+
 # Spawned local workers re-import this script as their __main__: keep its top level light.
 
 OVERHEAD_BUDGET = 0.05
@@ -41,13 +42,6 @@ OVERHEAD_BUDGET = 0.05
 def noop_shard(root: str, shard: int, settings: dict[str, Any]) -> int:
     """A shard task that does nothing: what is left of its time is the executor's."""
     return shard
-
-
-def _digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.glob("shard-*.h5")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _propose(args: argparse.Namespace, work_root: Path, executor: Any) -> dict[str, Any]:
@@ -72,7 +66,7 @@ def _propose(args: argparse.Namespace, work_root: Path, executor: Any) -> dict[s
         "images_per_second": summary.images / wall,
         "seconds_per_image": summary.seconds_per_image,  # inside the tasks
         "task_seconds": summary.seconds_per_image * summary.images,
-        "digest": _digest(work.proposals(args.split)),
+        "digest": store_digest(work.proposals(args.split)),
     }
 
 

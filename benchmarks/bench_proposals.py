@@ -50,7 +50,8 @@ def machine_parallelism(n: int = 10_000_000) -> float:
     return 2 * one / two
 
 
-def _digest(root: Path) -> str:
+def store_digest(root: Path) -> str:
+    """SHA-256 prefix of a store's shard files, to tell byte-identical stores apart."""
     digest = hashlib.sha256()
     for path in sorted(root.glob("shard-*.h5")):
         digest.update(path.read_bytes())
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "cpu_seconds_per_image": summary.cpu_seconds_per_image,
                         "wall_seconds": wall,
                         "images_per_second": summary.images / wall,
-                        "digest": _digest(work.proposals(args.split)),
+                        "digest": store_digest(work.proposals(args.split)),
                     }
                 )
                 print(f"done: {method} with {workers} worker(s) in {wall:.1f} s", flush=True)

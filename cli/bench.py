@@ -11,7 +11,15 @@ from rich.table import Table
 
 from sppdet.cache.atomic import write_json
 from sppdet.cli.app import app
-from sppdet.cli.options import ClassesOption, DataOption, PresetOption, int_list
+from sppdet.cli.options import (
+    BackboneOption,
+    ClassesOption,
+    DataOption,
+    DeviceOption,
+    PresetOption,
+    WeightsOption,
+    int_list,
+)
 from sppdet.detector.bench import PARTS, run_bench
 from sppdet.detector.config import override, preset
 from sppdet.detector.data import load_dataset, parse_classes
@@ -35,18 +43,9 @@ def bench_command(
     data: Path = DataOption,
     split: str = typer.Option("test", "--split", help="Split whose first images are timed."),
     images: int = typer.Option(None, "--images", help="Images to time.", show_default="3"),
-    backbone: str = typer.Option(
-        None, "--backbone", help="zf5, alexnet or vgg16.", show_default="zf5"
-    ),
-    weights: str = typer.Option(
-        None,
-        "--weights",
-        help="random, imagenet or PATH (as cache-features).",
-        show_default="random",
-    ),
-    device: str = typer.Option(
-        None, "--device", help="auto (cuda when present), cpu or cuda.", show_default="auto"
-    ),
+    backbone: str = BackboneOption,
+    weights: str = WeightsOption,
+    device: str = DeviceOption,
     precision: str = typer.Option(
         "fp32", "--precision", help="fp32, or bf16/fp16 autocast (the score change is reported)."
     ),

@@ -10,14 +10,17 @@ from rich.console import Console
 
 from sppdet.cli.app import app
 from sppdet.cli.options import (
+    BackboneOption,
     ClassesOption,
     DataOption,
+    DeviceOption,
     ExecutorOption,
     FeaturesOption,
     ForceOption,
     PresetOption,
     RayAddressOption,
     SplitOption,
+    WeightsOption,
     WorkOption,
     int_list,
 )
@@ -36,19 +39,8 @@ from sppdet.detector.training import check_features
 def cache_features_command(
     data: Path = DataOption,
     split: str = SplitOption,
-    backbone: str = typer.Option(
-        None,
-        "--backbone",
-        help="Conv trunk: zf5 (the paper's), alexnet or vgg16.",
-        show_default="zf5",
-    ),
-    weights: str = typer.Option(
-        None,
-        "--weights",
-        help="random, imagenet (torchvision's weights API; alexnet/vgg16, needs the file cached "
-        "or a network) or PATH to a backbone checkpoint or torchvision state dict.",
-        show_default="random",
-    ),
+    backbone: str = BackboneOption,
+    weights: str = WeightsOption,
     scales: str = typer.Option(
         None,
         "--scales",
@@ -70,9 +62,7 @@ def cache_features_command(
     flip: bool = typer.Option(
         None, "--flip/--no-flip", help="Also cache the mirrored images.", show_default="no-flip"
     ),
-    device: str = typer.Option(
-        None, "--device", help="auto (cuda when present), cpu or cuda.", show_default="auto"
-    ),
+    device: str = DeviceOption,
     pyramid: str = typer.Option(
         None,
         "--pyramid",

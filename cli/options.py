@@ -37,6 +37,22 @@ RayAddressOption = typer.Option(
     "node) or HOST:PORT.",
     show_default="start Ray on this machine for the run",
 )
+BackboneOption = typer.Option(
+    None,
+    "--backbone",
+    help="Conv trunk: zf5 (the paper's), alexnet or vgg16.",
+    show_default="zf5",
+)
+WeightsOption = typer.Option(
+    None,
+    "--weights",
+    help="random, imagenet (torchvision's weights API; alexnet/vgg16, needs the file cached or a "
+    "network) or PATH to a backbone checkpoint or torchvision state dict.",
+    show_default="random",
+)
+DeviceOption = typer.Option(
+    None, "--device", help="auto (cuda when present), cpu or cuda.", show_default="auto"
+)
 FeaturesOption = typer.Option(
     "spp",
     "--features",

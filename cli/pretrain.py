@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sppdet.cache.atomic import write_json
 from sppdet.cli.app import app
-from sppdet.cli.options import ClassesOption, PresetOption, int_list
+from sppdet.cli.options import BackboneOption, ClassesOption, DeviceOption, PresetOption, int_list
 from sppdet.detector.classify import VIEWS, classify_eval
 from sppdet.detector.config import override, preset
 from sppdet.detector.data import parse_classes
@@ -29,9 +29,7 @@ SourceOption = typer.Option(
 @app.command("pretrain")
 def pretrain_command(
     data: Path = SourceOption,
-    backbone: str = typer.Option(
-        None, "--backbone", help="Conv trunk: zf5, alexnet or vgg16.", show_default="zf5"
-    ),
+    backbone: str = BackboneOption,
     sizes: str = typer.Option(
         None,
         "--sizes",
@@ -69,7 +67,7 @@ def pretrain_command(
         help="Image-loading threads (no effect on the result).",
         show_default="2",
     ),
-    device: str = typer.Option(None, "--device", help="auto, cpu or cuda.", show_default="auto"),
+    device: str = DeviceOption,
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Continue from the resume state beside --out."
     ),

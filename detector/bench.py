@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ import torch
 from sppdet.detector.config import FeatureConfig, PipelineConfig, RcnnConfig
 from sppdet.detector.data import Dataset, read_image
 from sppdet.detector.errors import SppdetError
+from sppdet.detector.features import ImageInfo
 from sppdet.detector.featurize import resize_to_scales
 from sppdet.detector.heads import FcHead
 from sppdet.detector.nets import (
@@ -61,13 +62,10 @@ from sppdet.detector.progress import progress_bar
 from sppdet.detector.rcnn import RcnnFeaturizer
 from sppdet.detector.spp import (
     WindowPooler,
-    best_scale,
-    boxes_to_cells,
     check_pyramid,
     edge_shift,
     layer_geometry,
     pyramid_dim,
-    scale_factor,
 )
 from sppdet.proposals.methods import propose
 
@@ -181,24 +179,17 @@ def spp_pool5(
         for image in resized:
             maps.append(trunk(device_input(pre(image, device)))[0])
     with timer(f"spp_pool_{tag}"), torch.inference_mode():
-        spp = bench.cfg.spp
-        height, width = rgb.shape[:2]
-        min_side = min(height, width)
-        effective = np.array([min(r.shape[:2]) for r in resized], np.int64)
-        index = best_scale(
-            boxes, min_side, effective, spp.scale_rule, spp.area_target, spp.released_target_side
-        )
-        _, layers = trunk_spec(bench.backbone.arch)
-        geometry = layer_geometry(layers)
         sizes = np.array([m.shape[1:] for m in maps], np.int64)
-        cells = boxes_to_cells(
-            np.asarray(boxes, np.float64),
-            scale_factor(effective[index], min_side),
-            geometry,
-            sizes[index, 0],
-            sizes[index, 1],
-            edge_shift(spp.window_mapping, geometry),
+        info = ImageInfo(  # what the cache records per image, here from the maps in memory
+            *rgb.shape[:2],
+            np.array([min(r.shape[:2]) for r in resized], np.int64),
+            sizes[:, 0],
+            sizes[:, 1],
         )
+        index = info.best_scale(boxes, bench.cfg.spp)
+        geometry = layer_geometry(trunk_spec(bench.backbone.arch)[1])
+        shift = edge_shift(bench.cfg.spp.window_mapping, geometry)
+        cells = info.cells(boxes, index, geometry, shift)
         dim = pyramid_dim(bench.pyramid, bench.backbone.channels)
         out = bench.outputs.get(tag)
         if out is None or out.shape[0] < len(boxes) or out.device != device:
@@ -317,7 +308,7 @@ def run_bench(
     _warm_up(bench, featurizer, read_image(records[0].path))
     timer = Timer(bench.device)
     images: list[dict[str, Any]] = []
-    with progress_bar(len(records), "bench", "img") if progress else _nothing() as bar:
+    with progress_bar(len(records), "bench", "img") if progress else nullcontext() as bar:
         for k, record in enumerate(records):
             before = dict(timer.seconds)
             found = bench_image(bench, read_image(record.path), k, featurizer, timer)
@@ -385,8 +376,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU, {torch.get_num_threads()} threads"
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None

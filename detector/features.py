@@ -57,6 +57,30 @@ class ImageInfo:
     def min_side(self) -> int:
         return min(self.height, self.width)
 
+    def best_scale(self, boxes: np.ndarray, spp: SppConfig) -> np.ndarray:
+        """Scale index [N] of each window under SPP's scale rule."""
+        return best_scale(
+            boxes,
+            self.min_side,
+            self.effective_scales,
+            spp.scale_rule,
+            spp.area_target,
+            spp.released_target_side,
+        )
+
+    def cells(
+        self, boxes: np.ndarray, scales: np.ndarray, geometry: CellGeometry, shift: float
+    ) -> np.ndarray:
+        """Inclusive conv5 cells [N, 4] of windows BOXES (image pixels) at scale indices SCALES."""
+        return boxes_to_cells(
+            np.asarray(boxes, np.float64).reshape(-1, 4),
+            scale_factor(self.effective_scales[scales], self.min_side),
+            geometry,
+            self.map_heights[scales],
+            self.map_widths[scales],
+            shift,
+        )
+
 
 def spp_settings(work: WorkDir, split: str) -> SppConfig:
     """The SPP settings recorded by ``cache-features`` for SPLIT, else the defaults."""
@@ -73,6 +97,7 @@ class FeatureCache:
 
     source = "spp"  # the kind of features (``sppdet.detector.rcnn.RcnnCache`` is "rcnn")
     stage = "cache-features"  # its entry in settings.json
+    made_by = MADE_BY  # the command that builds it
 
     def __init__(self, store: ShardedStore, spp: SppConfig, cached_images: int = 1) -> None:
         self.store = store
@@ -173,15 +198,7 @@ class FeatureCache:
 
     def best_scale(self, image_id: str, boxes: np.ndarray) -> np.ndarray:
         """Scale index [N] of each window under the configured rule (spp.scale_rule)."""
-        info = self.image_info(image_id)
-        return best_scale(
-            boxes,
-            info.min_side,
-            info.effective_scales,
-            self.spp.scale_rule,
-            self.spp.area_target,
-            self.spp.released_target_side,
-        )
+        return self.image_info(image_id).best_scale(boxes, self.spp)
 
     def scale_indices(
         self, image_id: str, boxes: np.ndarray, scales: int | Sequence[int] | np.ndarray | None
@@ -218,15 +235,7 @@ class FeatureCache:
                 ],
                 1,
             )
-        factor = scale_factor(info.effective_scales[scales], info.min_side)
-        return boxes_to_cells(
-            boxes,
-            factor,
-            self.geometry,
-            info.map_heights[scales],
-            info.map_widths[scales],
-            self.shift,
-        )
+        return info.cells(boxes, scales, self.geometry, self.shift)
 
     def feature_keys(self, image_id: str, boxes: np.ndarray) -> np.ndarray:
         """[N, 5] (best scale, conv5 cells) of each window: equal keys mean equal features."""

@@ -47,7 +47,7 @@ import torch
 
 from sppdet.cache.shards import ShardedStore, ShardWriter
 from sppdet.cache.workdir import WorkDir
-from sppdet.detector.config import PRECISIONS, FeatureConfig, SppConfig, as_dict
+from sppdet.detector.config import FeatureConfig, SppConfig, as_dict
 from sppdet.detector.data import Dataset, ImageRecord, read_image
 from sppdet.detector.errors import SppdetError
 from sppdet.detector.nets import (
@@ -55,6 +55,7 @@ from sppdet.detector.nets import (
     Preprocessing,
     Trunk,
     autocast,
+    check_precision,
     describe_weights,
     device_input,
     load_backbone,
@@ -96,8 +97,7 @@ def check_config(config: FeatureConfig) -> None:
         raise SppdetError(f"--scales {config.scales}: give positive pixel sizes, e.g. 480,688")
     if config.max_size is not None and config.max_size < 1:
         raise SppdetError(f"--max-size {config.max_size}: must be positive")
-    if config.precision not in PRECISIONS:
-        raise SppdetError(f"--precision {config.precision!r}: choose {', '.join(PRECISIONS)}")
+    check_precision(config.precision)
 
 
 def feature_params(config: FeatureConfig) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from torch.nn import functional as F
 
 from sppdet.cache.atomic import atomic_output
 from sppdet.cache.fingerprint import file_hash
+from sppdet.detector.config import PRECISIONS
 from sppdet.detector.errors import SppdetError
 
 ARCHS = ("zf5", "alexnet", "vgg16")
@@ -252,11 +253,16 @@ def autocast(device: torch.device, precision: str) -> Any:
     """The mixed-precision context of PRECISION on DEVICE: ``fp32`` runs in float32; ``bf16`` and
     ``fp16`` autocast the convolutions and matrix products (bf16 uses AMX/AVX-512 on recent CPUs;
     fp16 suits GPUs). Callers report how far the scores move: see ``sppdet bench``."""
-    if precision == "fp32":
+    if check_precision(precision) == "fp32":
         return contextlib.nullcontext()
-    if precision not in _AUTOCAST_DTYPES:
-        raise SppdetError(f"--precision {precision!r}: choose fp32, bf16 or fp16")
     return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def check_precision(precision: str) -> str:
+    """PRECISION if it is one of PRECISIONS, else a one-line user error."""
+    if precision not in PRECISIONS:
+        raise SppdetError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    return precision
 
 
 # --------------------------------------------------------------------------------- backbone

@@ -43,7 +43,6 @@ from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.shards import ShardedStore, ShardWriter
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.config import (
-    PRECISIONS,
     RCNN_WARP_SIZE,
     FeatureConfig,
     RcnnConfig,
@@ -55,6 +54,7 @@ from sppdet.detector.errors import SppdetError
 from sppdet.detector.nets import (
     Backbone,
     autocast,
+    check_precision,
     describe_weights,
     device_input,
     load_backbone,
@@ -123,10 +123,7 @@ class RcnnFeaturizer:
         config: RcnnConfig,
         device: torch.device,
     ) -> None:
-        if config.precision not in PRECISIONS:
-            raise SppdetError(
-                f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}"
-            )
+        check_precision(config.precision)  # before any work, not at the first batch
         self.preprocessing = backbone.preprocessing
         self.trunk = to_device(backbone.trunk, device)
         self.pyramid = check_pyramid(pyramid)
@@ -282,6 +279,7 @@ class RcnnCache:
 
     source = "rcnn"
     stage = STAGE
+    made_by = MADE_BY
 
     def __init__(self, store: ShardedStore) -> None:
         self.store = store

@@ -90,11 +90,10 @@ class SplitInputs:
         cached = set(self.cache.image_ids)
         missing = [r.image_id for r in self.dataset.records if r.image_id not in cached]
         if missing:
-            option = "" if self.features == "spp" else f" --features {self.features}"
             raise SppdetError(
                 f"{self.cache.store.root}: {len(missing)} images of split "
                 f"{self.dataset.split!r} are not cached (e.g. {missing[0]!r}); run "
-                f"`sppdet cache-features{option} --split {self.dataset.split}` on the same data"
+                f"`{self.cache.made_by} --split {self.dataset.split}` on the same data"
             )
 
 
@@ -152,10 +151,9 @@ def build_head(
     if weights != "random":
         weights_id, _ = describe_weights(cache.arch, weights)
         if weights_id != cache.params["weights"]:
-            option = "" if cache.source == "spp" else f" --features {cache.source}"
             raise SppdetError(
                 f"{weights}: these weights changed since the cache was built; rerun "
-                f"`sppdet cache-features{option} --split {split} --force`"
+                f"`{cache.made_by} --split {split} --force`"
             )
         state = load_backbone(cache.arch, weights).head_state(cache.pyramid)
     hidden = int(state["fc7.weight"].shape[0]) if "fc7.weight" in state else cfg.fc_dim

@@ -6,6 +6,7 @@ saved as lossless PNG so that every decoder sees the same pixels.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,3 +84,8 @@ def scenes(
 def tiny_voc_tree(folder: Path) -> Path:
     """Five 160x120 scenes, split 'trainval' (use as a fixture: ``tiny_voc``)."""
     return make_voc(folder / "voc", scenes(), "trainval")
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """SHA-256 of every file in ROOT (a store: its index, shards and any stray temporary)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}

@@ -10,7 +10,6 @@ contents are only defined at equal thread counts. Proposals do not depend on it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import shutil
@@ -25,6 +24,8 @@ import pytest
 ray = pytest.importorskip(
     "ray", reason="the ray extra is not installed (pip install 'sppdet[ray]'); CI installs it"
 )
+
+from conftest_proposals import file_digests  # noqa: E402
 
 import sppdet.proposals.stage as stage  # noqa: E402
 from sppdet.cache.shards import ShardedStore, ShardWriter  # noqa: E402
@@ -82,10 +83,6 @@ def local(data: Path, tmp_path_factory: pytest.TempPathFactory) -> WorkDir:
         run_train_svm(work, open_split(work, data, "trainval"), SVM, finetuned=False)
         run_detect(work, open_split(work, data, "test"), DetectConfig(), bbox=False)
     return work
-
-
-def _digests(root: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
 
 
 def _contents(root: Path, kind: str) -> dict[str, Any]:
@@ -165,7 +162,7 @@ def test_a_worker_killed_mid_shard_is_retried_and_the_store_is_exact(
     root = tmp_path / "proposals" / "trainval"
     assert summary.computed == len(dataset) and not summary.bad
     # The retry rewrote the shard: no temporary, no duplicate, the same bytes as a local run.
-    assert _digests(root) == _digests(local.proposals("trainval"))
+    assert file_digests(root) == file_digests(local.proposals("trainval"))
 
 
 def raises_user_error(root: str, shard: int, settings: dict[str, Any]) -> int:

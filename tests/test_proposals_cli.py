@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
-from conftest_proposals import make_voc, scenes, tiny_voc_tree
+from conftest_proposals import file_digests, make_voc, scenes, tiny_voc_tree
 
 from sppdet.cache.atomic import read_json
 from sppdet.cache.workdir import WorkDir
@@ -117,10 +116,6 @@ def test_import_from_the_command_line(tiny_voc: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(store.boxes("img03"), [[0, 0, 119, 99], [20, 10, 79, 59]])
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("*"))}
-
-
 @pytest.mark.slow  # three CLI start-ups and two worker pools: ~20 s on two busy cores
 def test_ctrl_c_then_rerun_gives_the_uninterrupted_bytes(tmp_path: Path) -> None:
     voc = make_voc(tmp_path / "voc", scenes(16, 240, 320), "trainval")  # 4 shards of 4
@@ -145,7 +140,7 @@ def test_ctrl_c_then_rerun_gives_the_uninterrupted_bytes(tmp_path: Path) -> None
         load_dataset(voc, "trainval"), WorkDir.at(clean), ProposalConfig(),
         progress=False,
     )  # fmt: skip
-    assert _digests(root) == _digests(clean / "proposals" / "trainval")
+    assert file_digests(root) == file_digests(clean / "proposals" / "trainval")
 
 
 def test_coco_json_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

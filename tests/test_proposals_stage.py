@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_proposals import make_voc, scenes, tiny_voc_tree
+from conftest_proposals import file_digests, make_voc, scenes, tiny_voc_tree
 
 import sppdet.proposals.stage as stage
 from sppdet.cache.workdir import WorkDir
@@ -28,10 +27,6 @@ def tiny_voc(tmp_path: Path) -> Path:
 CFG = ProposalConfig(method="ss-fast", shard_size=2)
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("*"))}
-
-
 def _run(
     voc: Path, work: Path, cfg: ProposalConfig = CFG, **kwargs: object
 ) -> stage.ProposeSummary:
@@ -43,7 +38,7 @@ def _run(
 def clean_run(tiny_voc: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     work = tmp_path / "clean"
     _run(tiny_voc, work)
-    return work, _digests(work / "proposals" / "trainval")
+    return work, file_digests(work / "proposals" / "trainval")
 
 
 def test_store_holds_each_images_boxes_in_its_upright_frame(
@@ -69,7 +64,7 @@ def test_same_bytes_with_two_workers(tiny_voc: Path, tmp_path: Path, clean_run) 
     _, digests = clean_run
     summary = _run(tiny_voc, tmp_path / "two", workers=2)
     assert summary.computed == 5 and summary.workers == 2
-    assert _digests(tmp_path / "two" / "proposals" / "trainval") == digests
+    assert file_digests(tmp_path / "two" / "proposals" / "trainval") == digests
 
 
 def test_resume_after_a_lost_shard_and_a_stale_temporary(
@@ -83,7 +78,7 @@ def test_resume_after_a_lost_shard_and_a_stale_temporary(
     summary = _run(tiny_voc, work)
     assert summary.computed == 2 and summary.resumed == 3
     assert not stale.exists()
-    assert _digests(root) == digests
+    assert file_digests(root) == digests
 
 
 def test_a_crash_mid_shard_leaves_no_file_and_the_rerun_matches(
@@ -108,7 +103,7 @@ def test_a_crash_mid_shard_leaves_no_file_and_the_rerun_matches(
     monkeypatch.setattr(stage, "propose", real)
     summary = _run(tiny_voc, work)
     assert summary.computed == 3
-    assert _digests(root) == digests
+    assert file_digests(root) == digests
 
 
 def test_other_settings_are_refused_unless_forced(tiny_voc: Path, clean_run) -> None:
