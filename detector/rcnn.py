@@ -167,7 +167,9 @@ def rcnn_params(
     proposals_fingerprint: str,
     dataset: Dataset,
 ) -> dict[str, Any]:
-    """The settings that define an R-CNN feature store's content (its fingerprint)."""
+    """The settings that define an R-CNN feature store's content (its fingerprint); checked, so
+    that a store is never created with settings the featurizer would refuse."""
+    check_precision(config.precision)
     if config.dtype not in DTYPES:
         raise SppdetError(f"--dtype {config.dtype!r}: choose float16 or float32")
     if config.context_padding < 0 or 2 * config.context_padding >= warp_size(
