@@ -10,6 +10,9 @@ points at an existing one, draws --windows random windows per image (log-uniform
   fresh     with a brand-new output tensor each call: adds the page faults of 100 MB
   warm+out  with a reused output buffer passed as `out`
   fp16+out  float16 result (exact: max pooling selects stored float16 values)
+  torch     the pooler's torch path (sparse tables), maps in memory, reused float32 output:
+            what runs where the compiled kernel is not built (the columns above use it when
+            it is; see "kernel" in the output)
   roi_pool  torchvision.ops.roi_pool per scale group (float32), for comparison
   loop      a Python loop over windows: crop, adaptive max pool per level, concatenate
 
@@ -33,11 +36,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from sppdet.detector import spp_native
 from sppdet.detector.config import RELEASED_SCALES_5, FeatureConfig
 from sppdet.detector.data import Dataset, load_dataset
 from sppdet.detector.features import FeatureCache
 from sppdet.detector.featurize import cache_features
-from sppdet.detector.spp import window_spp_roi_pool
+from sppdet.detector.spp import WindowPooler, window_spp_roi_pool
 
 
 def random_windows(rng: np.random.Generator, n: int, height: int, width: int) -> np.ndarray:
@@ -94,6 +98,11 @@ def measure_image(cache: FeatureCache, image_id: str, boxes: np.ndarray, repeats
     scales = cache.best_scale(image_id, boxes)
     cells = cache.cells(image_id, boxes, scales)
     maps = [cache.conv5(image_id, k) for k in range(cache.num_scales)]
+    tables = WindowPooler(kernel="torch")
+    torch_path, by_tables = timed(
+        lambda: tables.pool(maps, cells, cache.pyramid, map_index=scales, out=out), repeats
+    )
+    assert torch.equal(by_tables, fast), "the torch path disagrees with the default path"
     roi, _ = timed(lambda: roi_pool_grouped(maps, cells, scales, cache.pyramid, cache.dim), 2)
     loop, slow = timed(lambda: loop_pool(maps, cells, scales, cache.pyramid), 1)
     assert torch.equal(fast, slow), "fast pooling disagrees with the loop"
@@ -107,6 +116,7 @@ def measure_image(cache: FeatureCache, image_id: str, boxes: np.ndarray, repeats
             "fresh": 1e3 * fresh,
             "warm+out": 1e3 * warm_out,
             "fp16+out": 1e3 * fp16,
+            "torch": 1e3 * torch_path,
             "roi_pool": 1e3 * roi,
             "loop": 1e3 * loop,
         },
@@ -154,6 +164,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_at_end": os.getloadavg(),
+        "kernel": "native" if spp_native.built() else "torch",
         "windows_per_image": args.windows,
         "scales": list(RELEASED_SCALES_5),
         "images": rows,
@@ -163,7 +174,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"{args.windows} windows/image at their best of 5 scales, {len(rows)} images, torch "
-        f"threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}"
+        f"threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}, pooling kernel "
+        f"{report['kernel']}"
     )
     print("ms/image  " + "  ".join(f"{k:>9}" for k in keys))
     for r in rows:

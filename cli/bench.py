@@ -91,7 +91,7 @@ def print_report(report: dict, console: Console) -> None:
     table = Table(
         title=f"{report['backbone']} ({report['weights']}), {report['device_name']}, "
         f"{report['precision']}, {report['windows']} windows/image, "
-        f"{len(report['images'])} images"
+        f"{len(report['images'])} images, pooling {'+'.join(report['pooling'])}"
     )
     table.add_column("part")
     table.add_column("s/image", justify="right")

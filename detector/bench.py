@@ -325,6 +325,7 @@ def run_bench(
         "device_name": _device_name(bench.device),
         "threads": torch.get_num_threads(),
         "precision": precision,
+        "pooling": sorted({str(pooler.last_path) for pooler in bench.poolers.values()}),
         "windows": cfg.bench.windows,
         "one_scale": list(cfg.bench.one_scale),
         "five_scales": list(cfg.bench.five_scales),

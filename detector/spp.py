@@ -49,7 +49,10 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from sppdet.detector import spp_native
+
 DEFAULT_PYRAMID = (1, 2, 3, 6)
+POOLING_KERNELS = ("auto", "native", "torch")  # WindowPooler(kernel=...): see spp_native
 RELEASED_EDGE_SHIFT = 6.5  # pixels an edge moves inward before projection (released SPP_net code)
 MAPPING_RULES = ("released", "paper")
 SCALE_RULES = ("released", "area224")
@@ -249,6 +252,16 @@ def _flip_negative_(keys: torch.Tensor) -> None:
     keys.bitwise_xor_((keys >> (bits - 1)) & ((1 << (bits - 1)) - 1))
 
 
+def ordered_limits(dtype: torch.dtype) -> tuple[int, int]:
+    """(lowest, nan): the ordered key of -inf, and the key every NaN becomes (the positive NaN,
+    which sorts above +inf), for floats of DTYPE."""
+    key = _ORDERED_INT[dtype]
+    lowest = torch.tensor(-math.inf, dtype=dtype).view(key).reshape(1).clone()
+    _flip_negative_(lowest)
+    nan = torch.tensor(math.nan, dtype=dtype).abs().view(key).item()
+    return int(lowest.item()), int(nan)
+
+
 def _to_ordered_(keys: torch.Tensor, dtype: torch.dtype) -> None:
     """Float bits of DTYPE (viewed as integers) -> integers of the same order, in place.
 
@@ -256,11 +269,8 @@ def _to_ordered_(keys: torch.Tensor, dtype: torch.dtype) -> None:
     NaN, which sorts above +inf, so that a bin holding a NaN pools to NaN as torch.max does.
     """
     _flip_negative_(keys)
-    key = keys.dtype
-    lowest = torch.tensor(-math.inf, dtype=dtype).view(key).reshape(1).clone()
-    _flip_negative_(lowest)
-    nan = torch.tensor(math.nan, dtype=dtype).abs().view(key).item()
-    keys.masked_fill_(keys < lowest.item(), nan)
+    lowest, nan = ordered_limits(dtype)
+    keys.masked_fill_(keys < lowest, nan)
 
 
 _MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
@@ -319,9 +329,17 @@ def _shared(buffer: torch.Tensor) -> bool:
 class WindowPooler:
     """Vectorised window SPP over conv maps (one image's scales), with reusable work buffers.
 
-    Sparse tables: for each map, ``T[a, b][y, x]`` is the max over the 2^a x 2^b cells from
-    (y, x), channels last, built with one elementwise max per table and only for the (a, b)
-    that some bin uses (``_table_order``). A bin is the max of four overlapping lookups
+    Two paths compute the same bits. ``kernel="auto"`` (the default) pools CPU maps through the
+    compiled kernel (``spp_native``, built by pip when a C compiler is present) wherever it
+    applies: float16/bfloat16/float32 maps into their own dtype or float32. It converts the
+    maps to channels-last ordered keys and pools each window directly, every level's bins as
+    row maxima then column maxima, on all torch threads. Everything else (GPU maps, float64,
+    a pooler built with ``kernel="torch"``, an install without the kernel) takes the torch
+    path below; ``kernel="native"`` refuses to.
+
+    Torch path, sparse tables: for each map, ``T[a, b][y, x]`` is the max over the 2^a x 2^b
+    cells from (y, x), channels last, built with one elementwise max per table and only for the
+    (a, b) that some bin uses (``_table_order``). A bin is the max of four overlapping lookups
     (``_table_level``), so every bin costs the same whatever its size. The tables of all maps
     share one buffer, so windows on different maps (scales) are pooled by one gather, in the
     caller's order. Coarser levels that divide a finer one are reduced from it (``_plan``).
@@ -340,8 +358,17 @@ class WindowPooler:
     otherwise cost as much as the pooling.
     """
 
-    def __init__(self, chunk: int = 16, keep_results: int = 2) -> None:
+    def __init__(self, chunk: int = 16, keep_results: int = 2, kernel: str = "auto") -> None:
+        if kernel not in POOLING_KERNELS:
+            raise ValueError(f"unknown pooling kernel {kernel!r}; choose one of {POOLING_KERNELS}")
+        if kernel == "native" and not spp_native.built():
+            raise ValueError(
+                "the compiled pooler (sppdet.detector._spp_kernel) is not built; reinstall "
+                "sppdet with a C compiler present, or use kernel='torch'"
+            )
         self.chunk = chunk
+        self.kernel = kernel
+        self.last_path: str | None = None  # "native" or "torch": what the last call ran on
         self.keep_results = keep_results
         self._buffers: dict[str, torch.Tensor] = {}
         self._results: list[torch.Tensor] = []
@@ -427,6 +454,11 @@ class WindowPooler:
         sizes = torch.tensor([m.shape[1:] for m in maps], dtype=torch.int64, device=device)
         height, width = sizes[which, 0], sizes[which, 1]
         _check_cells(cells, height, width)
+        kind = self._native_kind(dtype, out)
+        self.last_path = "torch" if kind is None else "native"
+        if kind is not None:
+            self._pool_native(maps, cells, which, levels, out, kind)
+            return out
         key = _ORDERED_INT.get(dtype, dtype)
         keyed = [m.view(key) for m in maps]
         plan = _plan(levels)
@@ -445,6 +477,62 @@ class WindowPooler:
             index[m] = start[:, None] + corners.flatten(1, 2)  # [N, 4, m, m]
         self._pool_chunks(flat, index, _Work(levels, plan, dtype, signed), out)
         return out
+
+    def _native_kind(self, dtype: torch.dtype, out: torch.Tensor) -> int | None:
+        """The compiled kernel's output kind when it pools this call, else None (torch)."""
+        if self.kernel == "torch" or not spp_native.built():
+            return None
+        kind = spp_native.output_kind(dtype, out.dtype)
+        usable = kind is not None and out.device.type == "cpu" and out.stride(1) == 1
+        if self.kernel == "native" and not usable:
+            raise ValueError(
+                f"the compiled pooler takes CPU maps of {list(spp_native.KEY_DTYPES)} into "
+                f"their own dtype or float32 with contiguous rows; got {dtype} -> {out.dtype} "
+                f"on {out.device}"
+            )
+        return kind if usable else None
+
+    def _pool_native(
+        self,
+        maps: list[torch.Tensor],
+        cells: torch.Tensor,
+        which: torch.Tensor,
+        levels: tuple[int, ...],
+        out: torch.Tensor,
+        kind: int,
+    ) -> None:
+        """Pool through the compiled kernel: the maps that hold windows become channels-last
+        ordered keys, then every window's levels are pooled and written in one parallel pass."""
+        threads = torch.get_num_threads()
+        channels, dtype = maps[0].shape[0], maps[0].dtype
+        used = torch.bincount(which, minlength=len(maps)).nonzero().reshape(-1).tolist()
+        rows = sum(maps[k].shape[1] * maps[k].shape[2] for k in used)
+        keys = self._buffer("keys", (rows, channels), spp_native.KEY_DTYPES[dtype], cells.device)
+        lowest, nan = ordered_limits(dtype)
+        firsts = spp_native.to_keys([maps[k] for k in used], keys, lowest, nan, threads)
+        map_first = torch.zeros(len(maps), dtype=torch.int64)
+        map_first[used] = torch.tensor(firsts, dtype=torch.int64)
+        widths = torch.tensor([m.shape[2] for m in maps], dtype=torch.int64)
+        plan = _plan(levels)
+        computed = [m for m in levels if plan[m] is None]
+        xbins = torch.cat(
+            [torch.stack(level_bins(cells[:, 0], cells[:, 2], m), 2) for m in computed], 1
+        )
+        ybins = torch.cat(
+            [torch.stack(level_bins(cells[:, 1], cells[:, 3], m), 2) for m in computed], 1
+        )
+        spp_native.pool(
+            keys,
+            map_first[which],
+            widths[which],
+            cells.contiguous(),
+            xbins.contiguous(),
+            ybins.contiguous(),
+            spp_native.LevelTable.build(levels, plan, channels),
+            out,
+            kind,
+            threads,
+        )
 
     def _tables(
         self,

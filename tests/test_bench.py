@@ -12,6 +12,7 @@ import torch
 
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
+from sppdet.detector import spp_native
 from sppdet.detector.bench import PARTS, Timer, bench_windows, make_bench, speedups, spp_pool5
 from sppdet.detector.config import FeatureConfig, preset
 from sppdet.detector.data import load_dataset, read_image
@@ -79,6 +80,7 @@ def test_cli_reports_every_part_and_the_precision_check(data: Path, tmp_path: Pa
     assert all(v > 0 for v in report["per_image"].values())
     assert report["speedup"] == pytest.approx(speedups(report["per_image"]))
     assert [im["windows"] for im in report["images"]] == [24, 24]
+    assert report["pooling"] == (["native"] if spp_native.built() else ["torch"])  # CPU maps
     check = report["check"]
     assert 0 < check["spp_max_abs_score_diff"] < check["score_std"]  # bf16 moves scores a little
     assert 0.0 <= check["same_detections"] <= 1.0

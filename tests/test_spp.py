@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+import sysconfig
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from sppdet.detector import spp_native
 from sppdet.detector.nets import build_trunk
 from sppdet.detector.spp import (
     CellGeometry,
@@ -36,6 +39,12 @@ from sppdet.detector.spp import (
 )
 
 ZF5 = CellGeometry(16, 20.0, 139)
+NOT_BUILT = "the compiled pooler is not built (installed without a C compiler)"
+# Every pooler test runs on both CPU paths: the torch tables and the compiled kernel.
+KERNELS = [
+    "torch",
+    pytest.param("native", marks=pytest.mark.skipif(not spp_native.built(), reason=NOT_BUILT)),
+]
 
 
 def reference_spp(conv: np.ndarray, cells: np.ndarray, pyramid) -> np.ndarray:
@@ -202,20 +211,22 @@ def test_mapping_takes_one_map_size_per_window():
 # ------------------------------------------------------------------------------- window SPP
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("pyramid", [(1, 2, 3, 6), (6,), (7,), (1, 2, 4), (5, 3, 1)])
-def test_window_spp_equals_the_direct_reference(pyramid):
+def test_window_spp_equals_the_direct_reference(pyramid, kernel):
     rng = np.random.default_rng(4)
     for height, width in ((1, 1), (5, 3), (13, 13), (23, 40)):
         conv = rng.standard_normal((5, height, width)).astype(np.float32)
         cells = random_cells(rng, 60, height, width)
         want = reference_spp(conv, cells, pyramid)
-        got = window_spp(torch.from_numpy(conv), cells, pyramid)
+        got = WindowPooler(kernel=kernel).pool(torch.from_numpy(conv), cells, pyramid)
         assert got.shape == (60, pyramid_dim(pyramid, 5))
         assert np.array_equal(got.numpy(), want)
         assert np.array_equal(window_spp_roi_pool(torch.from_numpy(conv), cells, pyramid), want)
 
 
-def test_pooler_mixes_maps_in_one_call_across_chunks():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_pooler_mixes_maps_in_one_call_across_chunks(kernel):
     rng = np.random.default_rng(5)
     maps = [
         rng.standard_normal((4, h, w)).astype(np.float16) for h, w in ((70, 90), (9, 5), (30, 31))
@@ -227,7 +238,7 @@ def test_pooler_mixes_maps_in_one_call_across_chunks():
         rows = which == k
         cells[rows] = random_cells(rng, int(rows.sum()), *conv.shape[1:])  # bins up to 15 wide
         want[rows] = reference_spp(conv, cells[rows], (1, 2, 3, 6))
-    pooler = WindowPooler(chunk=32)
+    pooler = WindowPooler(chunk=32, kernel=kernel)
     out = torch.full((400, want.shape[1]), -7.0)
     got = pooler.pool([torch.from_numpy(m) for m in maps], cells, map_index=which, out=out)
     assert got.data_ptr() == out.data_ptr() and got.shape == (300, 200)
@@ -256,9 +267,10 @@ def _appendix_extents(lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
     return 1 + (i * span) // n, 1 + -((-(i + 1) * span) // n) - 1
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 11, 13])
-def test_pooler_bins_are_the_appendix_bins_exhaustively(n):
-    lengths, first, last = _bin_extents(window_spp, n)
+def test_pooler_bins_are_the_appendix_bins_exhaustively(n, kernel):
+    lengths, first, last = _bin_extents(WindowPooler(kernel=kernel).pool, n)
     want_first, want_last = _appendix_extents(lengths, n)
     assert np.array_equal(first, want_first) and np.array_equal(last, want_last)
 
@@ -300,7 +312,8 @@ def test_ordered_keys_sort_like_the_floats_and_map_back(dtype):
     assert torch.isnan(back[~number].view(dtype)).all()
 
 
-def test_pooler_is_exact_on_signed_zero_infinite_and_nan_maps():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_pooler_is_exact_on_signed_zero_infinite_and_nan_maps(kernel):
     rng = np.random.default_rng(11)
     conv = rng.standard_normal((6, 17, 21)).astype(np.float32)
     conv[0] = -np.abs(conv[0])  # a channel of negatives only
@@ -314,17 +327,19 @@ def test_pooler_is_exact_on_signed_zero_infinite_and_nan_maps():
     for dtype in (torch.float32, torch.float16):
         maps = torch.from_numpy(conv).to(dtype)
         expect = reference_spp(maps.float().numpy(), cells, (1, 2, 3, 6))
-        got = WindowPooler(chunk=16).pool(maps, cells, out=torch.empty(200, expect.shape[1]))
+        pooler = WindowPooler(chunk=16, kernel=kernel)
+        got = pooler.pool(maps, cells, out=torch.empty(200, expect.shape[1]))
         assert np.array_equal(got.numpy(), expect, equal_nan=True)
     assert np.isnan(want).any() and np.isposinf(want).any() and (want < 0).any()
 
 
-def test_pooler_keeps_map_dtype_or_converts_exactly_to_the_output_dtype():
+@pytest.mark.parametrize("kernel", ["torch", "auto"])  # auto: native where it applies
+def test_pooler_keeps_map_dtype_or_converts_exactly_to_the_output_dtype(kernel):
     rng = np.random.default_rng(12)
     conv = np.maximum(rng.standard_normal((8, 30, 40)), 0).astype(np.float16)  # ReLU output
     cells = random_cells(rng, 100, 30, 40)
     want = reference_spp(conv, cells, (1, 2, 3, 6))
-    pooler = WindowPooler(chunk=7)  # chunks that do not divide the windows
+    pooler = WindowPooler(chunk=7, kernel=kernel)  # torch: chunks that do not divide N
     same = pooler.pool(torch.from_numpy(conv), cells)
     assert same.dtype == torch.float16 and np.array_equal(same.numpy(), want)
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
@@ -359,12 +374,13 @@ def test_table_order_builds_the_needed_tables_from_built_sources():
     assert _table_order([]) == [((0, 0), None)]
 
 
-def test_results_reuse_memory_only_when_nothing_references_it():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_results_reuse_memory_only_when_nothing_references_it(kernel):
     rng = np.random.default_rng(13)
     conv = torch.from_numpy(rng.standard_normal((4, 9, 11)).astype(np.float32))
     cells = random_cells(rng, 40, 9, 11)
     want = torch.from_numpy(reference_spp(conv.numpy(), cells, (1, 2, 3, 6)))
-    pooler = WindowPooler(keep_results=2)
+    pooler = WindowPooler(keep_results=2, kernel=kernel)
     first = pooler.pool(conv, cells)
     address = first.data_ptr()
     held = {
@@ -403,6 +419,13 @@ def test_advise_huge_pages_changes_no_values():
     advise_huge_pages(fresh)
     fresh.fill_(2.5)
     assert bool((fresh == 2.5).all())
+
+
+def test_the_compiled_pooler_is_built_where_a_c_compiler_is():
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}) here: pooling goes through torch")
+    assert spp_native.built(), "pip found a C compiler but did not build _spp_kernel (see setup.py)"
 
 
 def test_window_spp_rejects_cells_outside_the_map():
