@@ -428,6 +428,19 @@ def test_the_compiled_pooler_is_built_where_a_c_compiler_is():
     assert spp_native.built(), "pip found a C compiler but did not build _spp_kernel (see setup.py)"
 
 
+def test_an_install_without_the_kernel_pools_through_torch_and_says_so(monkeypatch):
+    monkeypatch.setattr(spp_native, "_spp_kernel", None)
+    conv = torch.rand(3, 7, 9)
+    cells = np.array([[0, 0, 8, 6], [2, 3, 4, 4]])
+    pooler = WindowPooler()
+    with pytest.warns(RuntimeWarning, match="not built, so pooling runs through torch"):
+        got = pooler.pool(conv, cells)
+    assert pooler.last_path == "torch"
+    assert np.array_equal(got.numpy(), reference_spp(conv.numpy(), cells, (1, 2, 3, 6)))
+    with pytest.raises(ValueError, match="not built; reinstall"):
+        WindowPooler(kernel="native")
+
+
 def test_window_spp_rejects_cells_outside_the_map():
     conv = torch.zeros(2, 4, 4)
     with pytest.raises(ValueError, match=r"\[0, 0, 4, 3\] are not inside the 4x4 map"):
