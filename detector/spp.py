@@ -460,7 +460,7 @@ class WindowPooler:
         sizes = torch.tensor([m.shape[1:] for m in maps], dtype=torch.int64, device=device)
         height, width = sizes[which, 0], sizes[which, 1]
         _check_cells(cells, height, width)
-        kind = self._native_kind(dtype, out)
+        kind = self._native_kind(dtype, device, out)
         self.last_path = "torch" if kind is None else "native"
         if kind is not None:
             self._pool_native(maps, cells, which, levels, out, kind)
@@ -484,16 +484,20 @@ class WindowPooler:
         self._pool_chunks(flat, index, _Work(levels, plan, dtype, signed), out)
         return out
 
-    def _native_kind(self, dtype: torch.dtype, out: torch.Tensor) -> int | None:
-        """The compiled kernel's output kind when it pools this call, else None (torch)."""
+    def _native_kind(
+        self, dtype: torch.dtype, device: torch.device, out: torch.Tensor
+    ) -> int | None:
+        """The compiled kernel's output kind when it pools this call (maps of DTYPE on
+        DEVICE into OUT), else None (torch)."""
+        on_cpu = device.type == "cpu" and out.device.type == "cpu"
         if self.kernel == "torch":
             return None
         if not spp_native.built():
-            if out.device.type == "cpu":  # shown once per process (the warnings registry)
+            if on_cpu:  # shown once per process (the warnings registry)
                 warnings.warn(NOT_BUILT_WARNING, RuntimeWarning, stacklevel=3)
             return None
         kind = spp_native.output_kind(dtype, out.dtype)
-        usable = kind is not None and out.device.type == "cpu" and out.stride(1) == 1
+        usable = kind is not None and on_cpu and out.stride(1) == 1
         if self.kernel == "native" and not usable:
             raise ValueError(
                 f"the compiled pooler takes CPU maps of {list(spp_native.KEY_DTYPES)} into "
