@@ -463,7 +463,7 @@ class WindowPooler:
         kind = self._native_kind(dtype, device, out)
         self.last_path = "torch" if kind is None else "native"
         if kind is not None:
-            self._pool_native(maps, cells, which, levels, out, kind)
+            self._pool_native(maps, cells, which, width, levels, out, kind)
             return out
         key = _ORDERED_INT.get(dtype, dtype)
         keyed = [m.view(key) for m in maps]
@@ -500,7 +500,7 @@ class WindowPooler:
         usable = kind is not None and on_cpu and out.stride(1) == 1
         if self.kernel == "native" and not usable:
             raise ValueError(
-                f"the compiled pooler takes CPU maps of {list(spp_native.KEY_DTYPES)} into "
+                "the compiled pooler takes CPU maps of float16, bfloat16 or float32 into "
                 f"their own dtype or float32 with contiguous rows; got {dtype} -> {out.dtype} "
                 f"on {out.device}"
             )
@@ -511,22 +511,23 @@ class WindowPooler:
         maps: list[torch.Tensor],
         cells: torch.Tensor,
         which: torch.Tensor,
+        width: torch.Tensor,
         levels: tuple[int, ...],
         out: torch.Tensor,
         kind: int,
     ) -> None:
         """Pool through the compiled kernel: the maps that hold windows become channels-last
-        ordered keys, then every window's levels are pooled and written in one parallel pass."""
+        ordered keys, then every window's levels are pooled and written in one parallel pass.
+        WIDTH [N] is the width of each window's map (``pool`` has it from the cell check)."""
         threads = torch.get_num_threads()
         channels, dtype = maps[0].shape[0], maps[0].dtype
         used = torch.bincount(which, minlength=len(maps)).nonzero().reshape(-1).tolist()
         rows = sum(maps[k].shape[1] * maps[k].shape[2] for k in used)
-        keys = self._buffer("keys", (rows, channels), spp_native.KEY_DTYPES[dtype], cells.device)
+        keys = self._buffer("keys", (rows, channels), _ORDERED_INT[dtype], cells.device)
         lowest, nan = ordered_limits(dtype)
         firsts = spp_native.to_keys([maps[k] for k in used], keys, lowest, nan, threads)
         map_first = torch.zeros(len(maps), dtype=torch.int64)
         map_first[used] = torch.tensor(firsts, dtype=torch.int64)
-        widths = torch.tensor([m.shape[2] for m in maps], dtype=torch.int64)
         plan = _plan(levels)
         computed = [m for m in levels if plan[m] is None]
         xbins = torch.cat(
@@ -538,7 +539,7 @@ class WindowPooler:
         spp_native.pool(
             keys,
             map_first[which],
-            widths[which],
+            width,
             cells.contiguous(),
             xbins.contiguous(),
             ybins.contiguous(),

@@ -18,7 +18,7 @@ try:
 except ImportError:  # built without a C compiler: the torch path pools instead
     _spp_kernel = None
 
-KEY_DTYPES = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}
+KEY_BYTES = (2, 4)  # the kernel pools 16- and 32-bit floats (float16, bfloat16, float32)
 # Output conversions the kernel does (_spp_kernel.c, enum out_kind); others go through torch.
 _OUT_SAME, _OUT_HALF_F32, _OUT_BF16_F32 = 0, 1, 2
 _CONVERSIONS = {
@@ -34,7 +34,7 @@ def built() -> bool:
 
 def output_kind(map_dtype: torch.dtype, out_dtype: torch.dtype) -> int | None:
     """How the kernel writes OUT_DTYPE results from MAP_DTYPE maps, or None when it cannot."""
-    if map_dtype not in KEY_DTYPES:
+    if not map_dtype.is_floating_point or map_dtype.itemsize not in KEY_BYTES:
         return None
     if map_dtype == out_dtype:
         return _OUT_SAME
