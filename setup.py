@@ -9,9 +9,9 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "sppdet.detector._spp_kernel",
-            sources=["detector/_spp_kernel.c"],
-            depends=["detector/_spp_kernel_body.h"],
+            "sppdet.detector.spp._spp_kernel",
+            sources=["detector/spp/_spp_kernel.c"],
+            depends=["detector/spp/_spp_kernel_body.h"],
             extra_compile_args=["-O3", "-pthread"],
             extra_link_args=["-pthread"],
             optional=True,

@@ -34,10 +34,13 @@ import numpy as np
 import torch
 
 from sppdet.cache.shards import ShardedStore
-from sppdet.detector.config import RELEASED_SCALES_5, FeatureConfig
-from sppdet.detector.data import Dataset, load_dataset
-from sppdet.detector.featurize import cache_features, compute_conv5, load_resized
-from sppdet.detector.nets import load_backbone, resolve_device
+from sppdet.detector.backbones.weights import load_backbone
+from sppdet.detector.core.config import RELEASED_SCALES_5, FeatureConfig
+from sppdet.detector.core.device import resolve_device
+from sppdet.detector.data.datasets import load_dataset
+from sppdet.detector.data.records import Dataset
+from sppdet.detector.features.conv5 import compute_conv5, load_resized
+from sppdet.detector.features.writer import cache_features
 
 
 def bare_forward(records, config: FeatureConfig) -> tuple[float, list[list[np.ndarray]]]:

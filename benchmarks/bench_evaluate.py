@@ -19,14 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from sppdet.cache.atomic import write_json
-from sppdet.detector.data import VOC_CLASSES, load_voc
-from sppdet.detector.evaluate import (
-    ClassDetections,
-    evaluate_voc,
-    read_voc_results,
-    write_voc_results,
-)
-from sppdet.detector.synthetic import SyntheticObject, write_voc_image, write_voc_split
+from sppdet.detector.data.records import VOC_CLASSES
+from sppdet.detector.data.synthetic import SyntheticObject, write_voc_image, write_voc_split
+from sppdet.detector.data.voc import load_voc
+from sppdet.detector.evaluation.results import read_voc_results, write_voc_results
+from sppdet.detector.evaluation.voc import ClassDetections, evaluate_voc
 
 WIDTH, HEIGHT = 500, 375
 

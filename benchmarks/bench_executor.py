@@ -46,8 +46,8 @@ def noop_shard(root: str, shard: int, settings: dict[str, Any]) -> int:
 
 def _propose(args: argparse.Namespace, work_root: Path, executor: Any) -> dict[str, Any]:
     from sppdet.cache.workdir import WorkDir
-    from sppdet.detector.config import preset
-    from sppdet.detector.data import load_dataset
+    from sppdet.detector.core.config import preset
+    from sppdet.detector.data.datasets import load_dataset
     from sppdet.proposals.stage import run_proposals
 
     dataset = load_dataset(args.data, args.split)
@@ -71,7 +71,7 @@ def _propose(args: argparse.Namespace, work_root: Path, executor: Any) -> dict[s
 
 
 def _noop_overhead(executor: Any, cpus: int, tasks: int, scratch: Path) -> float:
-    from sppdet.detector.parallel import map_shards
+    from sppdet.detector.core.parallel import map_shards
 
     list(map_shards(noop_shard, str(scratch), range(2 * cpus), {}, executor=executor))  # warm-up
     start = time.perf_counter()
@@ -84,7 +84,7 @@ def _noop_overhead(executor: Any, cpus: int, tasks: int, scratch: Path) -> float
 def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
     import ray
 
-    from sppdet.detector.parallel import Executor
+    from sppdet.detector.core.parallel import Executor
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-executor-") as scratch:

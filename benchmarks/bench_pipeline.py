@@ -24,15 +24,17 @@ import numpy as np
 import torch
 
 from sppdet.cache.workdir import WorkDir
-from sppdet.detector.boxes import nms
-from sppdet.detector.config import override, preset
-from sppdet.detector.detect import load_detector, run_detect
-from sppdet.detector.evaluate import evaluate_voc_folder
-from sppdet.detector.featurize import compute_conv5, load_resized
-from sppdet.detector.nets import load_backbone
+from sppdet.detector.backbones.weights import load_backbone
+from sppdet.detector.core.boxes import nms
+from sppdet.detector.core.config import override, preset
+from sppdet.detector.detection.postprocess import threshold_scores
+from sppdet.detector.detection.scorer import load_detector
+from sppdet.detector.detection.stage import run_detect
+from sppdet.detector.evaluation.results import evaluate_voc_folder
+from sppdet.detector.features.conv5 import compute_conv5, load_resized
 from sppdet.detector.pipeline import run_pipeline
-from sppdet.detector.postprocess import threshold_scores
-from sppdet.detector.training import open_split, run_train_svm
+from sppdet.detector.training.inputs import open_split
+from sppdet.detector.training.svm import run_train_svm
 
 
 def peak_rss_mib() -> float:

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from sppdet.detector import spp_native
-from sppdet.detector.config import RELEASED_SCALES_5, FeatureConfig
-from sppdet.detector.data import Dataset, load_dataset
-from sppdet.detector.features import FeatureCache
-from sppdet.detector.featurize import cache_features
-from sppdet.detector.spp import WindowPooler, window_spp_roi_pool
+from sppdet.detector.core.config import RELEASED_SCALES_5, FeatureConfig
+from sppdet.detector.data.datasets import load_dataset
+from sppdet.detector.data.records import Dataset
+from sppdet.detector.features.reader import FeatureCache
+from sppdet.detector.features.writer import cache_features
+from sppdet.detector.spp import native as spp_native
+from sppdet.detector.spp.pooler import WindowPooler, window_spp_roi_pool
 
 
 def random_windows(rng: np.random.Generator, n: int, height: int, width: int) -> np.ndarray:

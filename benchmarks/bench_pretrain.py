@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from sppdet.cache.atomic import write_json
-from sppdet.detector.classify import classify_eval
-from sppdet.detector.config import PretrainConfig
-from sppdet.detector.pretrain import pretrain
+from sppdet.detector.core.config import PretrainConfig
+from sppdet.detector.pretrain.classify import classify_eval
+from sppdet.detector.pretrain.train import pretrain
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "raccoon-voc"
 

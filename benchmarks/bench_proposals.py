@@ -59,7 +59,7 @@ def store_digest(root: Path) -> str:
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
-    from sppdet.detector.config import ProposalConfig
+    from sppdet.detector.core.config import ProposalConfig
 
     fields = {f.name: f for f in dataclasses.fields(ProposalConfig)}
     out: dict[str, Any] = {}
@@ -77,8 +77,8 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from sppdet.cache.workdir import WorkDir
-    from sppdet.detector.config import preset
-    from sppdet.detector.data import load_dataset
+    from sppdet.detector.core.config import preset
+    from sppdet.detector.data.datasets import load_dataset
     from sppdet.proposals.recall import measure_recall
     from sppdet.proposals.stage import run_proposals
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.errors import SppdetError
 
 CellItem = str | np.ndarray
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from sppdet.cache.atomic import TMP_MARK, read_json, remove_stale_temporaries, write_json
 from sppdet.cache.fingerprint import differences, fingerprint
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.errors import SppdetError
 
 META_NAME = "store.json"
 FORMAT_VERSION = 1

@@ -25,7 +25,7 @@ import torch
 
 from sppdet.cache.atomic import atomic_output, read_json, write_json
 from sppdet.cache.fingerprint import fingerprint
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.errors import SppdetError
 
 
 @dataclass(frozen=True)

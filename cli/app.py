@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.errors import SppdetError
 
 try:  # typer >= 0.2x vendors click; its usage errors derive from TyperException
     from typer import TyperException as UsageFailure

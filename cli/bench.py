@@ -21,8 +21,8 @@ from sppdet.cli.options import (
     int_list,
 )
 from sppdet.detector.bench import PARTS, run_bench
-from sppdet.detector.config import override, preset
-from sppdet.detector.data import load_dataset, parse_classes
+from sppdet.detector.core.config import override, preset
+from sppdet.detector.data.datasets import load_dataset, parse_classes
 
 PART_LABELS = {
     "proposals": "proposals",

@@ -20,12 +20,14 @@ from sppdet.cli.options import (
     RayAddressOption,
     WorkOption,
 )
-from sppdet.detector.config import preset
-from sppdet.detector.data import load_dataset, parse_classes
-from sppdet.detector.detect import detect_images, run_combine, run_detect
-from sppdet.detector.errors import SppdetError
-from sppdet.detector.parallel import Executor
-from sppdet.detector.training import open_split
+from sppdet.detector.core.config import preset
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.core.parallel import Executor
+from sppdet.detector.data.datasets import load_dataset, parse_classes
+from sppdet.detector.detection.combine import run_combine
+from sppdet.detector.detection.images import detect_images
+from sppdet.detector.detection.stage import run_detect
+from sppdet.detector.training.inputs import open_split
 
 TestSplitOption = typer.Option("test", "--split", help="Split to detect on.")
 

@@ -11,14 +11,11 @@ from rich.table import Table
 from sppdet.cache.atomic import write_json
 from sppdet.cli.app import app
 from sppdet.cli.options import ClassesOption, DataOption
-from sppdet.detector.data import parse_classes
-from sppdet.detector.errors import SppdetError
-from sppdet.detector.evaluate import (
-    CocoEvaluation,
-    VocEvaluation,
-    evaluate_coco,
-    evaluate_voc_folder,
-)
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.data.datasets import parse_classes
+from sppdet.detector.evaluation.coco import CocoEvaluation, evaluate_coco
+from sppdet.detector.evaluation.results import evaluate_voc_folder
+from sppdet.detector.evaluation.voc import VocEvaluation
 
 
 def _ap_text(ap: float | None) -> str:

@@ -24,15 +24,15 @@ from sppdet.cli.options import (
     WorkOption,
     int_list,
 )
-from sppdet.detector.config import override, preset
-from sppdet.detector.data import load_dataset, parse_classes
-from sppdet.detector.errors import SppdetError
-from sppdet.detector.features import cache_info
-from sppdet.detector.featurize import cache_features
-from sppdet.detector.nets import TORCHVISION_PYRAMID
-from sppdet.detector.parallel import Executor
-from sppdet.detector.rcnn import cache_rcnn_features
-from sppdet.detector.training import check_features
+from sppdet.detector.backbones.trunk import TORCHVISION_PYRAMID
+from sppdet.detector.core.config import override, preset
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.core.parallel import Executor
+from sppdet.detector.data.datasets import load_dataset, parse_classes
+from sppdet.detector.features.rcnn import cache_rcnn_features
+from sppdet.detector.features.reader import cache_info
+from sppdet.detector.features.writer import cache_features
+from sppdet.detector.training.inputs import check_features
 
 
 @app.command("cache-features")

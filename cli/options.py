@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.errors import SppdetError
 
 DataOption = typer.Option(
     ..., "--data", help="VOC root (folder with Annotations/, ImageSets/Main/) or a COCO .json file."

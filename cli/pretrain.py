@@ -12,10 +12,10 @@ from rich.table import Table
 from sppdet.cache.atomic import write_json
 from sppdet.cli.app import app
 from sppdet.cli.options import BackboneOption, ClassesOption, DeviceOption, PresetOption, int_list
-from sppdet.detector.classify import VIEWS, classify_eval
-from sppdet.detector.config import override, preset
-from sppdet.detector.data import parse_classes
-from sppdet.detector.pretrain import pretrain
+from sppdet.detector.core.config import override, preset
+from sppdet.detector.data.datasets import parse_classes
+from sppdet.detector.pretrain.classify import VIEWS, classify_eval
+from sppdet.detector.pretrain.train import pretrain
 
 SourceOption = typer.Option(
     ...,

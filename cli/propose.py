@@ -19,10 +19,10 @@ from sppdet.cli.options import (
     SplitOption,
     WorkOption,
 )
-from sppdet.detector.config import override, preset
-from sppdet.detector.data import load_dataset
-from sppdet.detector.errors import SppdetError
-from sppdet.detector.parallel import Executor
+from sppdet.detector.core.config import override, preset
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.core.parallel import Executor
+from sppdet.detector.data.datasets import load_dataset
 from sppdet.proposals.methods import METHODS, check_method
 from sppdet.proposals.recall import AR_LIMITS, measure_recall
 from sppdet.proposals.stage import (

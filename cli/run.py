@@ -12,10 +12,10 @@ from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
 from sppdet.cli.evaluate import print_voc
 from sppdet.cli.options import ClassesOption, DataOption, PresetOption, WorkOption
-from sppdet.detector.config import PipelineConfig, override, preset
-from sppdet.detector.data import load_dataset, parse_classes
+from sppdet.detector.core.config import PipelineConfig, override, preset
+from sppdet.detector.data.datasets import load_dataset, parse_classes
+from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.pipeline import draw_split, run_pipeline
-from sppdet.detector.synthetic import make_synthetic_voc
 
 # The demo's data: small images of coloured shapes, so every stage fits in minutes on 2 cores.
 DEMO_IMAGES = 80

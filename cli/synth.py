@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from sppdet.cli.app import app
-from sppdet.detector.synthetic import make_synthetic_demo
+from sppdet.detector.evaluation.synthetic import make_synthetic_demo
 
 
 @app.command("synth")

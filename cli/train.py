@@ -18,8 +18,11 @@ from sppdet.cli.options import (
     SplitOption,
     WorkOption,
 )
-from sppdet.detector.config import override, preset
-from sppdet.detector.training import open_split, run_finetune, run_train_bbox, run_train_svm
+from sppdet.detector.core.config import override, preset
+from sppdet.detector.training.bbox import run_train_bbox
+from sppdet.detector.training.finetune import run_finetune
+from sppdet.detector.training.inputs import open_split
+from sppdet.detector.training.svm import run_train_svm
 
 
 @app.command("finetune")

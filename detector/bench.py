@@ -42,31 +42,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from sppdet.detector.config import FeatureConfig, PipelineConfig, RcnnConfig
-from sppdet.detector.data import Dataset, read_image
-from sppdet.detector.errors import SppdetError
-from sppdet.detector.features import ImageInfo
-from sppdet.detector.featurize import resize_to_scales
-from sppdet.detector.heads import FcHead
-from sppdet.detector.nets import (
-    Backbone,
-    autocast,
-    device_input,
-    load_backbone,
-    resolve_device,
-    to_device,
-    trunk_spec,
-)
-from sppdet.detector.postprocess import Candidates, select
-from sppdet.detector.progress import progress_bar
-from sppdet.detector.rcnn import RcnnFeaturizer
-from sppdet.detector.spp import (
-    WindowPooler,
-    check_pyramid,
-    edge_shift,
-    layer_geometry,
-    pyramid_dim,
-)
+from sppdet.detector.backbones.trunk import to_device, trunk_spec
+from sppdet.detector.backbones.weights import Backbone, load_backbone
+from sppdet.detector.core.config import FeatureConfig, PipelineConfig, RcnnConfig
+from sppdet.detector.core.device import autocast, device_input, resolve_device
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.core.progress import progress_bar
+from sppdet.detector.data.images import read_image
+from sppdet.detector.data.records import Dataset
+from sppdet.detector.detection.postprocess import Candidates, select
+from sppdet.detector.features.conv5 import resize_to_scales
+from sppdet.detector.features.rcnn import RcnnFeaturizer
+from sppdet.detector.features.reader import ImageInfo
+from sppdet.detector.heads.fc import FcHead
+from sppdet.detector.spp.bins import check_pyramid, pyramid_dim
+from sppdet.detector.spp.geometry import edge_shift, layer_geometry
+from sppdet.detector.spp.pooler import WindowPooler
 from sppdet.proposals.methods import propose
 
 PARTS = (

@@ -17,13 +17,19 @@ import numpy as np
 
 from sppdet.cache.atomic import write_json
 from sppdet.cache.workdir import WorkDir
-from sppdet.detector.config import PipelineConfig
-from sppdet.detector.data import Dataset, load_dataset, read_image
-from sppdet.detector.detect import run_detect
-from sppdet.detector.draw import draw_detections
-from sppdet.detector.evaluate import VocEvaluation, evaluate_voc_folder, read_voc_results
-from sppdet.detector.featurize import cache_features
-from sppdet.detector.training import open_split, run_finetune, run_train_bbox, run_train_svm
+from sppdet.detector.core.config import PipelineConfig
+from sppdet.detector.data.datasets import load_dataset
+from sppdet.detector.data.draw import draw_detections
+from sppdet.detector.data.images import read_image
+from sppdet.detector.data.records import Dataset
+from sppdet.detector.detection.stage import run_detect
+from sppdet.detector.evaluation.results import evaluate_voc_folder, read_voc_results
+from sppdet.detector.evaluation.voc import VocEvaluation
+from sppdet.detector.features.writer import cache_features
+from sppdet.detector.training.bbox import run_train_bbox
+from sppdet.detector.training.finetune import run_finetune
+from sppdet.detector.training.inputs import open_split
+from sppdet.detector.training.svm import run_train_svm
 from sppdet.proposals.stage import run_proposals
 
 

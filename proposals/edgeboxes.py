@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sppdet.detector.config import ProposalConfig
+from sppdet.detector.core.config import ProposalConfig
 from sppdet.proposals.edges import builtin_edge_maps, structured_edge_maps
 from sppdet.proposals.ranking import finalize
 from sppdet.proposals.selective_search import downscale, scale_back

@@ -34,8 +34,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sppdet.detector.config import ProposalConfig
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.config import ProposalConfig
+from sppdet.detector.core.errors import SppdetError
 
 LAB_UNITS = np.array([1 / 100, 1 / 255, 1 / 255], np.float32)
 NMS_MULTIPLIER = 1.01

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sppdet.cache.matfile import is_hdf5_mat, read_cell_arrays
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.errors import SppdetError
 
 VARIABLES = ("images", "boxes")
 

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from sppdet.cache.fingerprint import file_hash
-from sppdet.detector.config import ProposalConfig, as_dict
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.config import ProposalConfig, as_dict
+from sppdet.detector.core.errors import SppdetError
 from sppdet.proposals.edgeboxes import edge_boxes
 from sppdet.proposals.ranking import finalize, interleave_keys
 from sppdet.proposals.selective_search import selective_search

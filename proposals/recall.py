@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sppdet.cache.atomic import read_json, write_json
-from sppdet.detector.boxes import iou_matrix
-from sppdet.detector.data import Dataset
-from sppdet.detector.errors import SppdetError
+from sppdet.detector.core.boxes import iou_matrix
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.data.records import Dataset
 from sppdet.proposals.stage import timing_report_name
 from sppdet.proposals.store import MADE_BY, ProposalStore, open_proposals
 

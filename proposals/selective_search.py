@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from sppdet.detector.config import ProposalConfig
+from sppdet.detector.core.config import ProposalConfig
 from sppdet.proposals.ranking import finalize, hierarchy_rank_keys
 
 _SEG = cv2.ximgproc.segmentation

@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from sppdet.cache.atomic import read_json, write_json
+from sppdet.cache.atomic import read_json, remove_stale_temporaries, write_json
 from sppdet.cache.fingerprint import file_hash
 from sppdet.cache.shards import ShardedStore, ShardWriter
-from sppdet.detector.config import ProposalConfig
-from sppdet.detector.data import Dataset, read_image
-from sppdet.detector.errors import SppdetError
-from sppdet.detector.parallel import Executor, map_shards
-from sppdet.detector.progress import progress_bar
+from sppdet.detector.core.config import ProposalConfig
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.core.parallel import Executor, map_shards
+from sppdet.detector.core.progress import progress_bar
+from sppdet.detector.data.images import read_image
+from sppdet.detector.data.records import Dataset
 from sppdet.proposals.edges import check_edge_model
 from sppdet.proposals.importer import read_rcnn_mat
 from sppdet.proposals.methods import ALGORITHM_VERSION, method_params, propose, uses_edges
@@ -254,7 +255,14 @@ def run_proposals(
     )
     try:
         with bar_context as bar:
-            tasks = map_shards(propose_shard, str(root), pending, settings, executor=executor)
+            tasks = map_shards(
+                propose_shard,
+                str(root),
+                pending,
+                settings,
+                executor=executor,
+                sweep=remove_stale_temporaries,
+            )
             for shard, outcome in tasks:
                 timing[str(shard)] = [outcome.images, outcome.seconds, outcome.cpu_seconds]
                 for bad in outcome.bad:

@@ -1,0 +1,142 @@
+"""Weights: split out of the former ``nets`` module."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from sppdet.cache.fingerprint import file_hash
+from sppdet.detector.backbones.checkpoint import _from_torchvision_state, read_checkpoint
+from sppdet.detector.backbones.preprocessing import TORCHVISION_PREPROCESSING, Preprocessing
+from sppdet.detector.backbones.trunk import (
+    RANDOM_SEED,
+    ZF5_PREPROCESSING,
+    Trunk,
+    build_trunk,
+    check_arch,
+)
+from sppdet.detector.core.errors import SppdetError
+
+
+@dataclass
+class Backbone:
+    """A trunk with the preprocessing its weights expect and, when known, pretrained fc6/fc7.
+
+    ``head`` holds fc6/fc7 weights {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"} (the
+    attribute names of ``sppdet.detector.heads.FcHead``) for pooled inputs of ``head_pyramid``.
+    ``weights_id`` names the weights for fingerprints: ``random:seed0``,
+    ``imagenet:AlexNet_Weights.IMAGENET1K_V1`` or ``file:<sha256 prefix>``.
+    """
+
+    arch: str
+    trunk: Trunk
+    preprocessing: Preprocessing
+    weights_id: str
+    head: dict[str, torch.Tensor] | None = None
+    head_pyramid: tuple[int, ...] | None = None
+    source: str = ""
+
+    @property
+    def channels(self) -> int:
+        return self.trunk.out_channels
+
+    def head_state(self, pyramid: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Pretrained weights usable by a head fed with PYRAMID: fc6 and fc7 when the pyramid is
+        the one fc6 was trained on, fc7 alone otherwise (fc6's input size differs), or nothing."""
+        if self.head is None:
+            return {}
+        if self.head_pyramid is not None and tuple(pyramid) == tuple(self.head_pyramid):
+            return {k: v.clone() for k, v in self.head.items()}
+        return {k: v.clone() for k, v in self.head.items() if k.startswith("fc7.")}
+
+
+def weights_kind(weights: str) -> str:
+    return weights if weights in ("imagenet", "random") else "file"
+
+
+def _imagenet_enum(arch: str):
+    if arch == "zf5":
+        raise SppdetError(
+            "--weights imagenet: torchvision has no ZF-5 weights; train them with `sppdet "
+            "pretrain`, pass --weights PATH, or use --backbone alexnet|vgg16"
+        )
+    enum = (
+        torchvision.models.AlexNet_Weights
+        if arch == "alexnet"
+        else torchvision.models.VGG16_Weights
+    )
+    return enum.IMAGENET1K_V1
+
+
+def describe_weights(arch: str, weights: str) -> tuple[str, Preprocessing]:
+    """(weights_id, preprocessing) of ARCH with WEIGHTS, without building the network.
+
+    For a file this reads the checkpoint (to learn its preprocessing) and hashes its bytes.
+    """
+    check_arch(arch)
+    kind = weights_kind(weights)
+    if kind == "random":
+        pre = ZF5_PREPROCESSING if arch == "zf5" else TORCHVISION_PREPROCESSING
+        return f"random:seed{RANDOM_SEED}", pre
+    if kind == "imagenet":
+        return f"imagenet:{_imagenet_enum(arch)!r}", TORCHVISION_PREPROCESSING
+    record = read_checkpoint(weights, arch)
+    return f"file:{file_hash(weights)}", record["preprocessing"]
+
+
+def load_backbone(arch: str, weights: str = "random") -> Backbone:
+    """The backbone ARCH with WEIGHTS = ``random`` | ``imagenet`` | PATH (see module doc)."""
+    check_arch(arch)
+    kind = weights_kind(weights)
+    trunk = build_trunk(arch)
+    if kind == "random":
+        weights_id, pre = describe_weights(arch, weights)
+        return Backbone(arch, trunk, pre, weights_id, source="random initialisation")
+    if kind == "imagenet":
+        enum = _imagenet_enum(arch)
+        state = _download_imagenet(enum)
+        record = _from_torchvision_state(state, arch, f"torchvision {enum!r}")
+        weights_id = f"imagenet:{enum!r}"
+    else:
+        record = read_checkpoint(weights, arch)
+        weights_id = f"file:{file_hash(weights)}"
+    _load_trunk_state(trunk, record["trunk"], str(weights))
+    head = record.get("head")
+    pyramid = record.get("head_pyramid")
+    return Backbone(
+        arch,
+        trunk,
+        record["preprocessing"],
+        weights_id,
+        head=dict(head) if head else None,
+        head_pyramid=tuple(int(n) for n in pyramid) if pyramid else None,
+        source=str(record.get("source", "")),
+    )
+
+
+def _download_imagenet(enum: Any) -> dict[str, torch.Tensor]:
+    try:
+        return enum.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # offline, proxy refusal, truncated download, bad hash
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        raise SppdetError(
+            f"--weights imagenet: cannot fetch {enum.url} ({reason}); this machine looks "
+            f"offline: copy that file into {hub} or pass --weights PATH to it"
+        ) from None
+
+
+def _load_trunk_state(trunk: Trunk, state: Mapping[str, torch.Tensor], where: str) -> None:
+    try:
+        trunk.features.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2]) or str(exc)
+        raise SppdetError(
+            f"{where}: trunk weights do not fit {trunk.arch} ({detail[:200]}); pass the "
+            "--backbone these weights were made for"
+        ) from None

@@ -1,0 +1,286 @@
+"""Every constant of the pipeline, named once, grouped per stage, with presets.
+
+Defaults follow the released SPP-net code where it differs from the paper (SPEC.md); the ``paper``
+preset picks the paper's values and ``quick-cpu`` a set that finishes on two CPU cores. The CLI
+builds a ``PipelineConfig`` from a preset and applies its own overrides with ``override``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from sppdet.detector.core.errors import SppdetError
+
+PAPER_SCALES_5 = (480, 576, 688, 864, 1200)
+RELEASED_SCALES_5 = (480, 576, 688, 874, 1200)
+SINGLE_SCALE = (688,)
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    method: str = "ss-fast"  # ss-fast | ss-quality | edgeboxes | ss+eb
+    max_boxes: int = 2000
+    min_side: int = 20  # R-CNN filter: drop boxes narrower or shorter than this (pixels)
+    # Selective Search works on a downscaled copy: the longer side is capped for speed.
+    ss_max_side: int = 500
+    # OpenCV's switchToSelectiveSearchFast/Quality: k = base_k + i * inc_k for i < 3 (fast) or 5
+    # (quality), Felzenszwalb sigma, and the graph segmentation's default minimum region size.
+    ss_base_k: int = 150
+    ss_inc_k: int = 150
+    ss_sigma: float = 0.8
+    ss_min_region: int = 100
+    ss_rank_seed: int = 0  # seed of the random factor in the ranking key (proposals/ranking.py)
+    # EdgeBoxes, on a copy whose longer side is capped. alpha (search step) and beta (NMS IoU) are
+    # tuned for recall at IoU 0.7 (Zitnick & Dollar's 0.65 / 0.75 find fewer: BENCHMARKS.md).
+    eb_max_side: int = 500
+    eb_alpha: float = 0.7
+    eb_beta: float = 0.8
+    eb_min_score: float = 0.01
+    eb_max_aspect_ratio: float = 3.0
+    eb_min_box_area: float = 1000.0
+    # Edge grouping: 1.0 (OpenCV: 0.5) gives fewer, longer edge groups with the built-in edges:
+    # faster and a little more recall (BENCHMARKS.md).
+    eb_edge_merge_thr: float = 1.0
+    eb_cluster_min_mag: float = 1.0
+    # The built-in edge detector (proposals/edges.py): Lab gradients at these Gaussian scales,
+    # normalised by their local mean over this radius, thinned, then mapped to [0, 1].
+    edge_sigmas: tuple[float, ...] = (1.5, 3.0)
+    edge_norm_radius: int = 4
+    edge_percentile: float = 99.0  # the thinned magnitude at this percentile maps to 1
+    edge_gamma: float = 2.0  # power applied after scaling: weak (texture) edges fall below 0.1
+    # Images per shard file, the unit of resume and of parallel work: small enough that every
+    # worker stays busy to the end of a split (at most one 4-image shard of imbalance).
+    shard_size: int = 4
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    backbone: str = "zf5"
+    weights: str = "random"  # imagenet | random | PATH to a checkpoint
+    scales: tuple[int, ...] = RELEASED_SCALES_5
+    max_size: int = 2000  # cap on the longer side of a resized image (pixels)
+    dtype: str = "float16"
+    flip: bool = False
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast of the trunk (nets.autocast)
+    shard_size: int = 4
+
+
+@dataclass(frozen=True)
+class SppConfig:
+    pyramid: tuple[int, ...] = (1, 2, 3, 6)
+    scale_rule: str = "released"  # released | area224
+    area_target: int = 224  # the paper's rule: scaled window area closest to 224x224
+    released_target_side: int = 13 * 16  # the released code's rule: 208 px, linear in scale
+    # Window -> conv5 cells: edges move 6.5 px inward (released code) or stride/2 (paper's
+    # Appendix A), then snap to the nearest receptive-field centre (sppdet.detector.spp).
+    window_mapping: str = "released"  # released | paper
+
+
+# R-CNN's warp size per trunk: 227 for AlexNet as in R-CNN, 224 (the trunk's design size) else.
+RCNN_WARP_SIZE = {"zf5": 224, "alexnet": 227, "vgg16": 224}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RcnnConfig:
+    """The R-CNN feature path, for comparison: every window is cropped with context, warped to
+    the trunk's input size and run through the whole trunk (R-CNN, Girshick et al. 2014)."""
+
+    context_padding: int = 16  # pixels of warped context around the window (R-CNN's padding)
+    warp_size: int | None = None  # None: RCNN_WARP_SIZE of the backbone
+    batch_windows: int = 64  # warped windows per forward pass: bounds activation memory
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the trunk (see nets.autocast)
+    dtype: str = "float16"  # stored pool5 features
+    shard_size: int = 4
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``sppdet bench``: the paper's speed comparison (section 4.2, Table 10's cost split)."""
+
+    windows: int = 2000  # windows per image, as in the paper
+    images: int = 3
+    one_scale: tuple[int, ...] = SINGLE_SCALE
+    five_scales: tuple[int, ...] = RELEASED_SCALES_5
+    svm_classes: int = 20  # SVMs scored when no trained model is given (PASCAL VOC's 20)
+    repeats: int = 1  # timed runs per image and part (after one warm-up image)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    fg_iou: float = 0.5
+    bg_iou_low: float = 0.1
+    batch_size: int = 128
+    fg_fraction: float = 0.25
+    fc8_init_std: float = 0.01
+    fc_dim: int = 4096  # fc6/fc7 width when the backbone brings no fc6/fc7 of its own
+    random_fc6_input_norm: float = 20.0  # mean input norm for a randomly initialised fc6
+    dropout: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    base_lr: float = 1e-3
+    lr_steps: tuple[int, ...] = (30_000, 60_000)  # lr drops by lr_gamma at each step
+    lr_gamma: float = 0.1
+    iterations: int = 200_000
+    checkpoint_every: int = 2_000
+    log_every: int = 500
+    images_per_round: int = 16  # batches of a round come from this many images' cached maps
+    max_batches_per_round: int = 64  # bounds the round's pooled features (float16) in memory
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SvmConfig:
+    layer: str = "fc7"  # pool5 | fc6 | fc7
+    feature_norm: float = 20.0
+    norm_sample_windows: int = 10_000
+    neg_iou: float = 0.3
+    neg_dedup: str = "cells"  # cells (released code) | iou (paper, > neg_dedup_iou)
+    neg_dedup_iou: float = 0.7
+    hard_threshold: float = -1.0001
+    evict_threshold: float = -1.2
+    retrain_every: int = 2_000
+    max_cached_negatives: int = 50_000  # per class; bounds memory on VOC-sized data
+    C: float = 0.001
+    positive_weight: float = 2.0
+    bias_feature: float = 10.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BboxConfig:
+    min_iou: float = 0.5  # samples need IoU strictly above this
+    feature_norm: float = 20.0
+    ridge_lambda: float = 4000.0
+    max_samples_per_image: int = 32  # bounds the float16 sample matrix on VOC-sized data
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    score_threshold: float = -1.5
+    nms_iou: float = 0.3
+    max_per_class: int = 100
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    iou_threshold: float = 0.5
+    use_07_metric: bool = True
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    sizes: tuple[int, ...] = (180, 224)
+    epochs: int = 30
+    batch_size: int = 64
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dropout: float = 0.5
+    plateau_patience: int = 3
+    lr_drop: float = 0.1
+    bg_iou: float = 0.3
+    seed: int = 0
+    backbone: str = "zf5"
+    pyramid: tuple[int, ...] = (1, 2, 3, 6)  # the paper's 4-level pyramid, 50 bins
+    fc_dim: int = 4096  # width of fc6 and fc7
+    # Training crops are the central/random 224/256 of an image (paper §3.1: 224 crops of images
+    # with a 256 shorter side); other sizes resize that region (§2.3 multi-size training).
+    crop_fraction: float = 0.875
+    bg_per_image: int = 1  # background crops per image of a detection dataset
+    lighting_std: float = 0.1  # AlexNet's PCA colour altering, per principal axis
+    color_jitter: float = 0.2  # brightness, contrast and saturation factors in [1 - j, 1 + j]
+    plateau_metric: str = "error"  # error | loss of the held-out images ("when the error plateaus")
+    max_lr_drops: int = 2  # "divided by 10 (twice)"
+    holdout_every: int = 10  # every tenth image is held out for the plateau test
+    fc8_init_std: float = 0.01
+    workers: int = 2  # image-loading threads (they do not change the result)
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    preset: str = "released"
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    spp: SppConfig = field(default_factory=SppConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    svm: SvmConfig = field(default_factory=SvmConfig)
+    bbox: BboxConfig = field(default_factory=BboxConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    rcnn: RcnnConfig = field(default_factory=RcnnConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def _released() -> PipelineConfig:
+    return PipelineConfig(preset="released")
+
+
+def _paper() -> PipelineConfig:
+    base = PipelineConfig(preset="paper")
+    return dataclasses.replace(
+        base,
+        features=dataclasses.replace(base.features, scales=PAPER_SCALES_5),
+        spp=dataclasses.replace(base.spp, scale_rule="area224"),
+        finetune=dataclasses.replace(
+            base.finetune, base_lr=1e-4, lr_steps=(250_000,), iterations=300_000
+        ),
+        svm=dataclasses.replace(base.svm, neg_dedup="iou"),
+    )
+
+
+def _quick_cpu() -> PipelineConfig:
+    base = PipelineConfig(preset="quick-cpu")
+    return dataclasses.replace(
+        base,
+        proposals=dataclasses.replace(base.proposals, max_boxes=500),
+        features=dataclasses.replace(base.features, scales=(480,), max_size=1000),
+        finetune=dataclasses.replace(
+            base.finetune,
+            lr_steps=(1_500,),
+            iterations=2_000,
+            checkpoint_every=500,
+            log_every=250,
+            fc_dim=1024,
+        ),
+        svm=dataclasses.replace(base.svm, norm_sample_windows=2_000),
+        pretrain=dataclasses.replace(base.pretrain, epochs=8, fc_dim=1024),
+    )
+
+
+PRESETS = {"released": _released, "paper": _paper, "quick-cpu": _quick_cpu}
+
+
+def preset(name: str) -> PipelineConfig:
+    """The named preset; an unknown name is a user error listing the choices."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise SppdetError(
+            f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def override(section: Any, **changes: Any) -> Any:
+    """A copy of one config section with the options the user actually gave (None = not given)."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(section, **given)
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config section (tuples become lists), for fingerprints and logs."""
+    return json_ready(dataclasses.asdict(section))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

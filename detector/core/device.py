@@ -1,0 +1,46 @@
+"""Device: split out of the former ``nets`` module."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from sppdet.detector.core.config import PRECISIONS
+from sppdet.detector.core.errors import SppdetError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SppdetError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise SppdetError(f"unknown --device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_input(x: torch.Tensor) -> torch.Tensor:
+    """An input batch in the memory format ``to_device`` gave the trunk."""
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """The mixed-precision context of PRECISION on DEVICE: ``fp32`` runs in float32; ``bf16`` and
+    ``fp16`` autocast the convolutions and matrix products (bf16 uses AMX/AVX-512 on recent CPUs;
+    fp16 suits GPUs). Callers report how far the scores move: see ``sppdet bench``."""
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def check_precision(precision: str) -> str:
+    """PRECISION if it is one of PRECISIONS, else a one-line user error."""
+    if precision not in PRECISIONS:
+        raise SppdetError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    return precision

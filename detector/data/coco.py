@@ -1,0 +1,66 @@
+"""Coco: split out of the former ``data`` module."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.data.records import Dataset, ImageRecord
+
+
+def load_coco(
+    json_path: str | Path, image_dir: str | Path | None = None, classes: Sequence[str] | None = None
+) -> Dataset:
+    """Read a COCO instances JSON with pycocotools. Images live in IMAGE_DIR (default: beside it).
+
+    COCO boxes are [x, y, w, h] in continuous coordinates; a box covers pixels x .. x+w-1.
+    ``iscrowd`` objects are kept as difficult (neither TP nor FP in VOC-style scoring).
+    """
+    from pycocotools.coco import COCO
+
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise SppdetError(f"{json_path}: COCO annotation file not found")
+    try:
+        json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SppdetError(f"{json_path}: not valid JSON ({exc})") from None
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timings
+        coco = COCO(str(json_path))
+    image_dir = Path(image_dir) if image_dir else json_path.parent
+    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    names = [c["name"] for c in categories]
+    classes = tuple(classes) if classes else tuple(names)
+    index = {name: i for i, name in enumerate(classes)}
+    cat_name = {c["id"]: c["name"] for c in categories}
+    records = []
+    for image_id in sorted(coco.getImgIds()):
+        info = coco.loadImgs(image_id)[0]
+        boxes, labels, difficult = [], [], []
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+            name = cat_name[ann["category_id"]]
+            if name not in index:
+                continue
+            x, y, w, h = ann["bbox"]
+            boxes.append((x, y, x + max(w, 1.0) - 1, y + max(h, 1.0) - 1))
+            labels.append(index[name])
+            difficult.append(bool(ann.get("iscrowd", 0)))
+        records.append(
+            ImageRecord(
+                image_id=str(image_id),
+                path=image_dir / info["file_name"],
+                width=int(info["width"]),
+                height=int(info["height"]),
+                boxes=np.array(boxes, np.float32).reshape(-1, 4),
+                labels=np.array(labels, np.int64),
+                difficult=np.array(difficult, bool),
+            )
+        )
+    return Dataset(name=json_path.stem, split=json_path.stem, classes=classes, records=records)

@@ -1,0 +1,73 @@
+"""Scorer: split out of the former ``detect`` module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sppdet.cache.workdir import WorkDir
+from sppdet.detector.core.boxes import clip_boxes
+from sppdet.detector.core.config import (
+    DetectConfig,
+    as_dict,
+)
+from sppdet.detector.detection.postprocess import Candidates, threshold_scores
+from sppdet.detector.heads.bbox_reg import BoxRegressor
+from sppdet.detector.heads.fc import FcHead
+from sppdet.detector.heads.svm import LinearScorer
+from sppdet.detector.training.bbox import load_bbox
+from sppdet.detector.training.inputs import (
+    MADE_BY,
+    SplitInputs,
+    model_name,
+)
+from sppdet.detector.training.svm import feature_head, load_svm
+
+
+@dataclass
+class Detector:
+    """The heads of one trained model, ready to score the pooled features of windows."""
+
+    head: FcHead | None
+    layer: str
+    scorer: LinearScorer
+    svm_scale: float
+    regressor: BoxRegressor | None
+    bbox_scale: float
+    cfg: DetectConfig
+
+    def candidates(
+        self, pooled: torch.Tensor, boxes: np.ndarray, width: int, height: int
+    ) -> Candidates:
+        """Candidates of one image from the pooled features [N, D] of its windows BOXES [N, 4]."""
+        with torch.no_grad():
+            x = pooled if self.head is None else self.head.features(pooled, self.layer)
+        scores = self.scorer.score(x.numpy() * self.svm_scale)
+        rows, labels = threshold_scores(scores, self.cfg.score_threshold)
+        windows = boxes[rows].astype(np.float32)
+        regressed = windows
+        if self.regressor is not None and len(rows):
+            feats = pooled[torch.from_numpy(rows)].numpy() * self.bbox_scale
+            regressed = clip_boxes(self.regressor.apply(windows, feats, labels), width, height)
+        return Candidates(windows, regressed.astype(np.float32), scores[rows, labels], labels)
+
+
+def load_detector(work: WorkDir, inputs: SplitInputs, cfg: DetectConfig, bbox: bool) -> Detector:
+    scorer, svm = load_svm(work, inputs)
+    head = feature_head(work, inputs, svm["layer"], svm["finetuned"])
+    regressor, bbox_scale = load_bbox(work, inputs) if bbox else (None, 1.0)
+    return Detector(head, svm["layer"], scorer, float(svm["scale"]), regressor, bbox_scale, cfg)
+
+
+def detector_fingerprint(
+    work: WorkDir, cfg: DetectConfig, bbox: bool, features: str = "spp"
+) -> dict[str, Any]:
+    svm, box = model_name("svm", features), model_name("bbox", features)
+    made = {"svm": work.load_model(svm, MADE_BY[svm])["fingerprint"], "detect": as_dict(cfg)}
+    made["bbox"] = work.load_model(box, MADE_BY[box])["fingerprint"] if bbox else None
+    if features != "spp":
+        made["features"] = features
+    return made

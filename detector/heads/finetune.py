@@ -1,0 +1,288 @@
+"""Fine-tuning fc6, fc7 and a new fc8 on pooled window features read from the conv5 cache.
+
+Windows are the proposals plus the ground-truth boxes of each training image. IoU >= 0.5 is
+foreground (the class of the best-overlapping box), IoU in [0.1, 0.5) background. Every mini-batch
+has 128 windows, 25% foreground, each pooled at a random cached scale, from the flipped image with
+probability 1/2 when the cache holds flips.
+
+Sampling works in rounds so that memory stays bounded on large datasets: a round takes the next
+``images_per_round`` images of a seeded shuffle and draws batches from their windows until, on
+average, each foreground window was seen once (at most ``max_batches_per_round``). All windows of
+a round are pooled up front, one pooling call per image and flip, instead of one per batch. Each
+round's randomness derives from (seed, round), so a run resumed from a checkpoint at a round
+boundary continues exactly as an uninterrupted run.
+A deterministic tenth of the images is held out; the log reports loss and foreground accuracy on
+a fixed sample of their windows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from sppdet.detector.core.config import FinetuneConfig
+from sppdet.detector.data.records import ImageRecord
+from sppdet.detector.heads.fc import FcHead
+from sppdet.detector.heads.windows import finetune_labels, image_windows
+
+log = logging.getLogger(__name__)
+
+
+class PooledFeatures(Protocol):
+    """Pooled SPP features of windows of cached images (sppdet.detector.features)."""
+
+    num_scales: int
+    has_flip: bool
+
+    def pooled(
+        self,
+        image_id: str,
+        boxes: np.ndarray,
+        scales: np.ndarray | None,
+        flipped: bool,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class WindowTable:
+    """All labelled training windows: image index, box (original image coordinates), target."""
+
+    image_ids: list[str]
+    image: np.ndarray  # [M] int64
+    boxes: np.ndarray  # [M, 4] float32
+    target: np.ndarray  # [M] int64, 0 = background, k + 1 = class k
+
+    @classmethod
+    def build(
+        cls,
+        records: list[ImageRecord],
+        proposals: Callable[[str], np.ndarray],
+        num_classes: int,
+        cfg: FinetuneConfig,
+    ) -> WindowTable:
+        images, boxes, targets = [], [], []
+        for i, record in enumerate(records):
+            windows = image_windows(record, proposals(record.image_id), num_classes)
+            target = finetune_labels(windows, record.labels, cfg.fg_iou, cfg.bg_iou_low)
+            used = target >= 0
+            images.append(np.full(int(used.sum()), i, np.int64))
+            boxes.append(windows.boxes[used])
+            targets.append(target[used])
+        return cls(
+            [r.image_id for r in records],
+            np.concatenate(images) if images else np.zeros(0, np.int64),
+            np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+            np.concatenate(targets) if targets else np.zeros(0, np.int64),
+        )
+
+    def subset(self, images: np.ndarray) -> np.ndarray:
+        """Row indices of the windows of the given image indices."""
+        return np.nonzero(np.isin(self.image, images))[0]
+
+
+@dataclass
+class Batch:
+    rows: np.ndarray  # [B] rows of the window table
+    scales: np.ndarray  # [B] scale indices
+    flipped: np.ndarray  # [B] bool
+
+
+def split_holdout(num_images: int, every: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) image indices: every tenth image is held out, when there are 10+."""
+    index = np.arange(num_images)
+    if num_images < every:
+        return index, np.zeros(0, np.int64)
+    held = index % every == every - 1
+    return index[~held], index[held]
+
+
+def round_batches(
+    table: WindowTable,
+    train_images: np.ndarray,
+    cfg: FinetuneConfig,
+    num_scales: int,
+    has_flip: bool,
+    round_index: int,
+) -> list[Batch]:
+    """The mini-batches of round ROUND_INDEX; they depend only on (seed, round)."""
+    n_fg = round(cfg.batch_size * cfg.fg_fraction)
+    n_bg = cfg.batch_size - n_fg
+    rounds_per_epoch = max(1, math.ceil(len(train_images) / cfg.images_per_round))
+    epoch, position = divmod(round_index, rounds_per_epoch)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(train_images)
+    chosen = order[position * cfg.images_per_round : (position + 1) * cfg.images_per_round]
+    rows = table.subset(chosen)
+    fg = rows[table.target[rows] > 0]
+    bg = rows[table.target[rows] == 0]
+    if len(fg) + len(bg) == 0:
+        return []
+    rng = np.random.default_rng([cfg.seed, 1_000_003, round_index])
+    count = min(cfg.max_batches_per_round, max(1, math.ceil(len(fg) / max(n_fg, 1))))
+    out = []
+    for _ in range(count):
+        parts = []
+        if len(fg):
+            parts.append(rng.choice(fg, size=n_fg if len(bg) else cfg.batch_size))
+        if len(bg):
+            parts.append(rng.choice(bg, size=n_bg if len(fg) else cfg.batch_size))
+        picked = np.concatenate(parts)
+        flips = rng.random(len(picked)) < 0.5 if has_flip else np.zeros(len(picked), bool)
+        out.append(Batch(picked, rng.integers(0, num_scales, len(picked)), flips))
+    return out
+
+
+def pool_batch(
+    pooler: PooledFeatures,
+    table: WindowTable,
+    rows: np.ndarray,
+    scales: np.ndarray | None,
+    flipped: np.ndarray,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Pooled features of table ROWS, one pooler call per (image, flip) group, in ROWS order."""
+    key = table.image[rows] * 2 + flipped.astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
+    chunks = []
+    for begin, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        group = order[begin:end]
+        image_id = table.image_ids[int(table.image[rows[group[0]]])]
+        group_scales = None if scales is None else scales[group]
+        chunks.append(
+            pooler.pooled(
+                image_id,
+                table.boxes[rows[group]],
+                group_scales,
+                bool(flipped[group[0]]),
+                dtype=dtype,
+            )
+        )
+    out = torch.cat(chunks)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.as_tensor(order)] = torch.arange(len(order))
+    return out[inverse]
+
+
+def learning_rate(cfg: FinetuneConfig, iteration: int) -> float:
+    drops = sum(iteration >= step for step in cfg.lr_steps)
+    return cfg.base_lr * cfg.lr_gamma**drops
+
+
+@dataclass
+class HeldOut:
+    features: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def sample(
+        cls, pooler: PooledFeatures, table: WindowTable, images: np.ndarray, size: int, seed: int
+    ) -> HeldOut | None:
+        rows = table.subset(images)
+        if len(rows) == 0:
+            return None
+        rng = np.random.default_rng([seed, 7])
+        fg, bg = rows[table.target[rows] > 0], rows[table.target[rows] == 0]
+        n_fg = min(len(fg), size // 4)
+        picked = np.concatenate([rng.permutation(fg)[:n_fg], rng.permutation(bg)[: size - n_fg]])
+        feats = pool_batch(pooler, table, picked, None, np.zeros(len(picked), bool))
+        return cls(feats, torch.as_tensor(table.target[picked]))
+
+    def evaluate(self, head: FcHead) -> dict[str, float]:
+        head.eval()
+        with torch.no_grad():
+            logits = head(self.features)
+        head.train()
+        loss = nn.functional.cross_entropy(logits, self.targets).item()
+        fg = self.targets > 0
+        correct = logits.argmax(1) == self.targets
+        fg_acc = correct[fg].float().mean().item() if fg.any() else float("nan")
+        return {"loss": loss, "fg_accuracy": fg_acc, "accuracy": correct.float().mean().item()}
+
+
+@dataclass
+class TrainState:
+    iteration: int
+    round_index: int
+    history: list[dict[str, float]]
+
+
+def train(
+    head: FcHead,
+    pooler: PooledFeatures,
+    table: WindowTable,
+    cfg: FinetuneConfig,
+    state: TrainState,
+    optimizer_state: dict | None,
+    save: Callable[[TrainState, dict], None],
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> TrainState:
+    """SGD with momentum and weight decay on fc6-fc8; checkpoints through SAVE at round ends.
+
+    Dropout is reseeded at every round from (seed, round), so resuming is exact.
+    """
+    train_images, held_images = split_holdout(len(table.image_ids))
+    held = HeldOut.sample(pooler, table, held_images, 512, cfg.seed)
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    head.train()
+    iteration, round_index, last_saved = state.iteration, state.round_index, state.iteration
+    while iteration < cfg.iterations:
+        # A round boundary: the only place to save, so that resuming is exact.
+        if iteration - last_saved >= cfg.checkpoint_every:
+            save(TrainState(iteration, round_index, state.history), optimizer.state_dict())
+            last_saved = iteration
+        torch.manual_seed(cfg.seed * 1_000_003 + round_index)
+        plan = round_batches(
+            table, train_images, cfg, pooler.num_scales, pooler.has_flip, round_index
+        )
+        round_index += 1
+        if not plan:
+            continue
+        # One pooling call per (image, flip) for the whole round, kept in float16.
+        features = pool_batch(
+            pooler,
+            table,
+            np.concatenate([b.rows for b in plan]),
+            np.concatenate([b.scales for b in plan]),
+            np.concatenate([b.flipped for b in plan]),
+            dtype=torch.float16,
+        )
+        offset = 0
+        for batch in plan:
+            if iteration >= cfg.iterations:
+                break
+            x = features[offset : offset + len(batch.rows)].float()
+            offset += len(batch.rows)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, iteration)
+            targets = torch.as_tensor(table.target[batch.rows])
+            loss = nn.functional.cross_entropy(head(x), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            if on_iteration is not None:
+                on_iteration(iteration, loss.item())
+            if held is not None and (iteration % cfg.log_every == 0 or iteration == cfg.iterations):
+                metrics = {"iteration": iteration, "train_loss": loss.item(), **held.evaluate(head)}
+                state.history.append(metrics)
+                log.info(
+                    "iteration %d: train loss %.4f, held-out loss %.4f, fg accuracy %.3f",
+                    iteration,
+                    metrics["train_loss"],
+                    metrics["loss"],
+                    metrics["fg_accuracy"],
+                )
+    head.eval()
+    return TrainState(iteration, round_index, state.history)

@@ -1,0 +1,73 @@
+"""Box geometry: +1 IoU, devkit-exact NMS through torchvision, R-CNN deltas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sppdet.detector.core.boxes import (
+    areas,
+    clip_boxes,
+    decode_deltas,
+    encode_deltas,
+    iou_matrix,
+    nms,
+)
+
+
+def test_areas_use_plus_one_convention() -> None:
+    assert areas(np.array([[0, 0, 9, 9], [5, 5, 5, 5]], np.float32)).tolist() == [100, 1]
+
+
+def test_iou_hand_computed() -> None:
+    a = np.array([[0, 0, 9, 9]], np.float32)  # 100 px
+    b = np.array([[5, 0, 14, 9], [10, 10, 20, 20], [0, 0, 9, 9]], np.float32)
+    # overlap 5x10 = 50, union 150 -> 1/3; disjoint; identical.
+    np.testing.assert_allclose(iou_matrix(a, b), [[1 / 3, 0.0, 1.0]])
+
+
+def test_iou_touching_boxes_share_one_pixel_column() -> None:
+    # x2 of A equals x1 of B: under the +1 convention they overlap in one column.
+    iou = iou_matrix(np.array([[0, 0, 9, 9]]), np.array([[9, 0, 18, 9]]))
+    assert iou[0, 0] == pytest.approx(10 / 190)
+
+
+def _reference_nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
+    order = list(np.argsort(-scores, kind="stable"))
+    keep: list[int] = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        order = [j for j in order if iou_matrix(boxes[i : i + 1], boxes[j : j + 1])[0, 0] <= thr]
+    return keep
+
+
+def test_nms_matches_plus_one_reference_on_random_boxes() -> None:
+    rng = np.random.default_rng(1)
+    xy = rng.integers(0, 60, size=(300, 2))
+    wh = rng.integers(1, 40, size=(300, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    scores = rng.random(300)
+    assert nms(boxes, scores, 0.3).tolist() == _reference_nms(boxes, scores, 0.3)
+
+
+def test_nms_threshold_is_strict_greater() -> None:
+    # IoU exactly 1/3 with threshold 1/3 is kept; the +1 convention makes this exact.
+    boxes = np.array([[0, 0, 9, 9], [5, 0, 14, 9]], np.float32)
+    assert sorted(nms(boxes, np.array([1.0, 0.5]), 1 / 3 + 1e-9).tolist()) == [0, 1]
+    assert nms(boxes, np.array([1.0, 0.5]), 0.3).tolist() == [0]
+
+
+def test_deltas_round_trip_and_known_values() -> None:
+    proposals = np.array([[10, 10, 30, 50], [0, 0, 100, 20]], np.float64)
+    targets = np.array([[12, 8, 34, 58], [10, -5, 60, 25]], np.float64)
+    deltas = encode_deltas(proposals, targets)
+    # proposal 0: pw=20, px=20; target gw=22, gx=23 -> dx=0.15, dw=log(1.1)
+    assert deltas[0, 0] == pytest.approx(0.15)
+    assert deltas[0, 2] == pytest.approx(np.log(22 / 20))
+    np.testing.assert_allclose(decode_deltas(proposals, deltas), targets, atol=1e-9)
+
+
+def test_clip_boxes() -> None:
+    out = clip_boxes(np.array([[-5, -1, 120, 40]]), width=100, height=30)
+    assert out.tolist() == [[0, 0, 99, 29]]

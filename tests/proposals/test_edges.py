@@ -1,0 +1,45 @@
+"""Tests of ``sppdet.proposals.edges``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sppdet.detector.core.config import ProposalConfig
+from sppdet.detector.core.errors import SppdetError
+from sppdet.proposals.edges import builtin_edge_maps, check_edge_model
+
+# --------------------------------------------------------------------------------- edges
+
+
+def test_builtin_edges_are_thin_normalised_and_oriented() -> None:
+    rgb = np.full((60, 80, 3), 60, np.uint8)
+    rgb[:, 40:] = 200  # vertical step between columns 39 and 40
+    rgb[45:, :] = (30, 160, 30)  # horizontal colour step between rows 44 and 45
+    edges, orientation = builtin_edge_maps(rgb, ProposalConfig())
+    assert edges.dtype == np.float32 and orientation.dtype == np.float32
+    assert edges.min() >= 0 and edges.max() <= 1 and np.isfinite(edges).all()
+    rows = edges[10:35]
+    assert (rows[:, 39] > 0.5).all() and (rows[:, 40] > 0.5).all()  # the step, both sides
+    assert (rows[:, :37] == 0).all() and (rows[:, 43:] == 0).all()  # thinned elsewhere
+    across = orientation[10:35, 39]
+    np.testing.assert_allclose(np.minimum(across, np.pi - across), 0, atol=0.05)  # normal along x
+    np.testing.assert_allclose(orientation[44, 5:30], np.pi / 2, atol=0.05)  # normal along y
+    flat_edges, _ = builtin_edge_maps(np.full((30, 30, 3), 90, np.uint8), ProposalConfig())
+    assert flat_edges.max() < 1e-6  # rounding noise is not stretched into edges
+
+
+def test_edge_model_files_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(SppdetError, match="edge model not found"):
+        check_edge_model(tmp_path / "none.yml.gz")
+    garbage = tmp_path / "garbage.yml.gz"
+    garbage.write_bytes(b"\x00\x01 not a model")
+    with pytest.raises(SppdetError, match="not a structured-edge model"):
+        check_edge_model(garbage)
+    no_trees = tmp_path / "other.yml"  # valid YAML that crashes OpenCV's loader (SIGFPE)
+    no_trees.write_text("%YAML:1.0\n---\nfoo: 1\n")
+    with pytest.raises(SppdetError, match=r"missing options\.stride") as info:
+        check_edge_model(no_trees)
+    assert "\n" not in str(info.value)
