@@ -72,12 +72,12 @@ def run(args: argparse.Namespace, name: str, train_sizes: tuple[int, ...]) -> di
         device="cpu",
         progress=False,
     )
-    side = paper["views"]["full_side"]
+    side = paper.views.full_side
     evaluations = {
-        f"centre crop {size}": paper["results"]["center"],
-        f"full image, shorter side {side}": paper["results"]["full"],
-        f"full image, shorter side {size}": small["results"]["full"],
-        f"10 views on conv5 (s = {side})": paper["results"]["multiview"],
+        f"centre crop {size}": paper.results["center"].to_json(),
+        f"full image, shorter side {side}": paper.results["full"].to_json(),
+        f"full image, shorter side {size}": small.results["full"].to_json(),
+        f"10 views on conv5 (s = {side})": paper.results["multiview"].to_json(),
     }
     return {
         "sizes": list(train_sizes),
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, name: str, train_sizes: tuple[int, ...]) -> di
         "heldout": result.heldout,
         "history": result.history,
         "seconds_per_epoch": {str(s): float(np.median(v)) for s, v in per_size.items()},
-        "test_counts": paper["counts"],
+        "test_counts": paper.counts,
         "views": evaluations,
     }
 

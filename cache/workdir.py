@@ -3,7 +3,8 @@
 ::
 
     WORK/
-      settings.json               what each stage was run with, and its fingerprint
+      settings.json               what each stage was run with on each split ("<stage>:<split>"),
+                                  and its fingerprint
       proposals/<split>/          sharded store (see shards.py)
       features/<split>/           sharded store of conv5 maps
       rcnn-features/<split>/      sharded store of R-CNN pool5 features (for comparison)
@@ -26,6 +27,13 @@ import torch
 from sppdet.cache.atomic import atomic_output, read_json, write_json
 from sppdet.cache.fingerprint import fingerprint
 from sppdet.detector.core.errors import SppdetError
+
+STAGE_SPLIT_SEPARATOR = ":"  # settings.json keys are <stage>:<split>
+
+
+def stage_key(stage: str, split: str) -> str:
+    """The settings.json key of STAGE run on SPLIT: the one place that formats it."""
+    return f"{stage}{STAGE_SPLIT_SEPARATOR}{split}"
 
 
 @dataclass(frozen=True)
@@ -63,13 +71,27 @@ class WorkDir:
     def settings(self) -> dict[str, Any]:
         return read_json(self.settings_path) if self.settings_path.is_file() else {}
 
-    def record_stage(self, stage: str, settings: dict[str, Any]) -> str:
-        """Record what STAGE ran with (atomically); returns the settings' fingerprint."""
+    def record(self, stage: str, split: str, settings: dict[str, Any]) -> str:
+        """Record what STAGE ran with on SPLIT (atomically); returns the settings' fingerprint."""
         all_settings = self.settings()
         fp = fingerprint(settings)
-        all_settings[stage] = {"settings": settings, "fingerprint": fp}
+        all_settings[stage_key(stage, split)] = {"settings": settings, "fingerprint": fp}
         write_json(self.settings_path, all_settings)
         return fp
+
+    def recorded(self, stage: str, split: str) -> dict[str, Any] | None:
+        """The settings STAGE recorded for SPLIT, or None when it has not run on SPLIT."""
+        entry = self.settings().get(stage_key(stage, split))
+        return None if entry is None else entry["settings"]
+
+    def recorded_splits(self, stage: str) -> list[str]:
+        """The splits STAGE has recorded settings for, in settings.json's order."""
+        splits = []
+        for key in self.settings():
+            recorded_stage, _, split = key.partition(STAGE_SPLIT_SEPARATOR)
+            if recorded_stage == stage:
+                splits.append(split)
+        return splits
 
     # --------------------------------------------------------------------------------- models
 

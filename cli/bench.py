@@ -20,8 +20,8 @@ from sppdet.cli.options import (
     WeightsOption,
     int_list,
 )
-from sppdet.detector.bench import PARTS, run_bench
-from sppdet.detector.core.config import override, preset
+from sppdet.detector.bench import PARTS, BenchReport, run_bench
+from sppdet.detector.core.config import BenchConfig, ProposalConfig, override, preset
 from sppdet.detector.data.datasets import load_dataset, parse_classes
 
 PART_LABELS = {
@@ -38,6 +38,10 @@ PART_LABELS = {
 }
 
 
+def _scales(scales: tuple[int, ...]) -> str:
+    return ",".join(map(str, scales))
+
+
 @app.command("bench")
 def bench_command(
     data: Path = DataOption,
@@ -50,16 +54,25 @@ def bench_command(
         "fp32", "--precision", help="fp32, or bf16/fp16 autocast (the score change is reported)."
     ),
     windows: int = typer.Option(
-        None, "--windows", help="Windows per image (proposals, topped up).", show_default="2000"
+        None,
+        "--windows",
+        help="Windows per image (proposals, topped up).",
+        show_default=str(BenchConfig.windows),
     ),
     method: str = typer.Option(
-        None, "--method", help="Proposal method timed and used.", show_default="ss-fast"
+        None, "--method", help="Proposal method timed and used.", show_default=ProposalConfig.method
     ),
     one_scale: str = typer.Option(
-        None, "--one-scale", help="The 1-scale setting.", show_default="688"
+        None,
+        "--one-scale",
+        help="The 1-scale setting.",
+        show_default=_scales(BenchConfig.one_scale),
     ),
     five_scales: str = typer.Option(
-        None, "--five-scales", help="The 5-scale setting.", show_default="480,576,688,874,1200"
+        None,
+        "--five-scales",
+        help="The 5-scale setting.",
+        show_default=_scales(BenchConfig.five_scales),
     ),
     classes: str = ClassesOption,
     preset_name: str = PresetOption,
@@ -82,34 +95,34 @@ def bench_command(
     )
     dataset = load_dataset(data, split, parse_classes(classes))
     report = run_bench(dataset, features, cfg, precision)
-    write_json(out, report)
+    write_json(out, report.to_json())
     print_report(report, Console())
     Console(stderr=True).print(f"wrote {out}")
 
 
-def print_report(report: dict, console: Console) -> None:
+def print_report(report: BenchReport, console: Console) -> None:
     table = Table(
-        title=f"{report['backbone']} ({report['weights']}), {report['device_name']}, "
-        f"{report['precision']}, {report['windows']} windows/image, "
-        f"{len(report['images'])} images, pooling {'+'.join(report['pooling'])}"
+        title=f"{report.backbone} ({report.weights}), {report.device_name}, "
+        f"{report.precision}, {report.windows} windows/image, "
+        f"{len(report.images)} images, pooling {'+'.join(report.pooling)}"
     )
     table.add_column("part")
     table.add_column("s/image", justify="right")
     for part in PARTS:
-        table.add_row(PART_LABELS[part], f"{report['per_image'][part]:.4f}")
+        table.add_row(PART_LABELS[part], f"{report.per_image[part]:.4f}")
     console.print(table)
-    ratios = report["speedup"]
+    ratios = report.speedup
     for tag, name in (("1", "1 scale"), ("5", "5 scales")):
         console.print(
             f"speed-up over R-CNN, SPP {name}: conv {ratios[f'conv_{tag}_scale']:.1f}x, "
             f"conv+fc {ratios[f'conv_fc_{tag}_scale']:.1f}x"
         )
-    check = report.get("check")
-    if check:
+    check = report.check
+    if check is not None:
         console.print(
-            f"{report['precision']} against fp32: SVM scores move by at most "
-            f"{check['spp_max_abs_score_diff']:.4g} (SPP; mean "
-            f"{check['spp_mean_abs_score_diff']:.3g}, score std {check['score_std']:.3g}) and "
-            f"{check['rcnn_max_abs_score_diff']:.4g} "
-            f"(R-CNN); detections after NMS {100 * check['same_detections']:.1f}% the same"
+            f"{report.precision} against fp32: SVM scores move by at most "
+            f"{check.spp_max_abs_score_diff:.4g} (SPP; mean "
+            f"{check.spp_mean_abs_score_diff:.3g}, score std {check.score_std:.3g}) and "
+            f"{check.rcnn_max_abs_score_diff:.4g} "
+            f"(R-CNN); detections after NMS {100 * check.same_detections:.1f}% the same"
         )

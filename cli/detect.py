@@ -26,16 +26,16 @@ from sppdet.detector.core.parallel import Executor
 from sppdet.detector.data.datasets import load_dataset, parse_classes
 from sppdet.detector.detection.combine import run_combine
 from sppdet.detector.detection.images import detect_images
-from sppdet.detector.detection.stage import run_detect
+from sppdet.detector.detection.stage import DetectResult, run_detect
 from sppdet.detector.training.inputs import open_split
 
 TestSplitOption = typer.Option("test", "--split", help="Split to detect on.")
 
 
-def _report(result: dict, console: Console) -> None:
-    counts = ", ".join(f"{k} {v}" for k, v in result["detections"].items())
+def _report(result: DetectResult, console: Console) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in result.detections.items())
     console.print(f"detections per class: {counts}")
-    console.print(f"wrote VOC results files and COCO JSON to {result['out']}")
+    console.print(f"wrote VOC results files and COCO JSON to {result.out}")
 
 
 @app.command("detect")
@@ -73,7 +73,7 @@ def detect_command(
         if features != "spp":
             raise SppdetError("--image: detects with SPP features only; leave out --features")
         for path, found in detect_images(workdir, list(image), draw, cfg, top).items():
-            print(json.dumps({"image": path, "detections": found}))
+            print(json.dumps({"image": path, "detections": [d.to_json() for d in found]}))
         if draw is not None:
             Console().print(f"wrote pictures to {draw}")
         return

@@ -24,15 +24,56 @@ from sppdet.cli.options import (
     WorkOption,
     int_list,
 )
-from sppdet.detector.backbones.trunk import TORCHVISION_PYRAMID
-from sppdet.detector.core.config import override, preset
-from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.core.config import preset
 from sppdet.detector.core.parallel import Executor
 from sppdet.detector.data.datasets import load_dataset, parse_classes
-from sppdet.detector.features.rcnn import cache_rcnn_features
-from sppdet.detector.features.reader import cache_info
-from sppdet.detector.features.writer import cache_features
+from sppdet.detector.features.rcnn_writer import RcnnStats
+from sppdet.detector.features.reader import CacheInfo, cache_info
+from sppdet.detector.features.stage import (
+    FeatureOptions,
+    cache_split_features,
+    fc6_pyramid_note,
+    feature_settings,
+)
+from sppdet.detector.features.writer import CacheStats
 from sppdet.detector.training.inputs import check_features
+
+ScalesOption = typer.Option(
+    None,
+    "--scales",
+    help="Shorter image sides to cache, comma-separated; 688 alone is the paper's 1-scale setting.",
+    show_default="the preset's: 480,576,688,874,1200 (released), 480,576,688,864,1200 (paper)",
+)
+MaxSizeOption = typer.Option(
+    None,
+    "--max-size",
+    help="Cap on the longer side of a resized image (px). A capped image is resized to "
+    "this longer side instead: its shorter side, the effective scale, is then below the "
+    "asked scale and is recorded and used for the window mapping.",
+    show_default="2000",
+)
+DtypeOption = typer.Option(
+    None, "--dtype", help="Storage type: float16 or float32.", show_default="float16"
+)
+FlipOption = typer.Option(
+    None, "--flip/--no-flip", help="Also cache the mirrored images.", show_default="no-flip"
+)
+PyramidOption = typer.Option(
+    None,
+    "--pyramid",
+    help="SPP levels later stages pool with, recorded with the cache (not part of the "
+    "cached maps). With torchvision ImageNet weights a single level 6 "
+    "(alexnet) or 7 (vgg16) reproduces the pretrained fc6's input, so fc6 is reused; "
+    "other pyramids train fc6 from scratch.",
+    show_default="1,2,3,6",
+)
+PrecisionOption = typer.Option(
+    None,
+    "--precision",
+    help="fp32, or bf16/fp16 autocast of the trunk (fp16 suits GPUs; see `sppdet bench` "
+    "for how far the scores move).",
+    show_default="fp32",
+)
 
 
 @app.command("cache-features")
@@ -41,45 +82,14 @@ def cache_features_command(
     split: str = SplitOption,
     backbone: str = BackboneOption,
     weights: str = WeightsOption,
-    scales: str = typer.Option(
-        None,
-        "--scales",
-        help="Shorter image sides to cache, comma-separated; 688 alone is the paper's 1-scale "
-        "setting.",
-        show_default="the preset's: 480,576,688,874,1200 (released), 480,576,688,864,1200 (paper)",
-    ),
-    max_size: int = typer.Option(
-        None,
-        "--max-size",
-        help="Cap on the longer side of a resized image (px). A capped image is resized to "
-        "this longer side instead: its shorter side, the effective scale, is then below the "
-        "asked scale and is recorded and used for the window mapping.",
-        show_default="2000",
-    ),
-    dtype: str = typer.Option(
-        None, "--dtype", help="Storage type: float16 or float32.", show_default="float16"
-    ),
-    flip: bool = typer.Option(
-        None, "--flip/--no-flip", help="Also cache the mirrored images.", show_default="no-flip"
-    ),
+    scales: str = ScalesOption,
+    max_size: int = MaxSizeOption,
+    dtype: str = DtypeOption,
+    flip: bool = FlipOption,
     device: str = DeviceOption,
-    pyramid: str = typer.Option(
-        None,
-        "--pyramid",
-        help="SPP levels later stages pool with, recorded with the cache (not part of the "
-        "cached maps). With torchvision ImageNet weights a single level 6 "
-        "(alexnet) or 7 (vgg16) reproduces the pretrained fc6's input, so fc6 is reused; "
-        "other pyramids train fc6 from scratch.",
-        show_default="1,2,3,6",
-    ),
+    pyramid: str = PyramidOption,
     kind: str = FeaturesOption,
-    precision: str = typer.Option(
-        None,
-        "--precision",
-        help="fp32, or bf16/fp16 autocast of the trunk (fp16 suits GPUs; see `sppdet bench` "
-        "for how far the scores move).",
-        show_default="fp32",
-    ),
+    precision: str = PrecisionOption,
     classes: str = ClassesOption,
     work: Path = WorkOption,
     preset_name: str = PresetOption,
@@ -94,16 +104,8 @@ def cache_features_command(
     of `train-svm --features rcnn` and `detect --features rcnn` (needs `sppdet propose`).
     """
     runner = Executor(executor, address=ray_address)
-    if kind == "rcnn" and runner.kind != "local":
-        raise SppdetError("--executor ray: --features rcnn runs locally only; leave it out")
-    config = preset(preset_name)
-    if check_features(kind) == "rcnn":
-        spp_only = {"--scales": scales, "--max-size": max_size, "--flip": flip}
-        given = [name for name, value in spp_only.items() if value is not None]
-        if given:
-            raise SppdetError(f"{', '.join(given)}: not used by --features rcnn; leave out")
-    features = override(
-        config.features,
+    options = FeatureOptions(
+        kind=check_features(kind),
         backbone=backbone,
         weights=weights,
         scales=int_list(scales, "--scales"),
@@ -111,33 +113,30 @@ def cache_features_command(
         dtype=dtype,
         flip=flip,
         device=device,
-        precision=precision if kind == "spp" else None,  # rcnn: its own section's
+        pyramid=int_list(pyramid, "--pyramid"),
+        precision=precision,
     )
-    spp = override(config.spp, pyramid=int_list(pyramid, "--pyramid"))
+    settings = feature_settings(preset(preset_name), options, runner)
     dataset = load_dataset(data, split, parse_classes(classes))
     console = Console(stderr=True)
-    native = TORCHVISION_PYRAMID.get(features.backbone)
-    if features.weights == "imagenet" and native and tuple(spp.pyramid) != native:
-        console.print(
-            f"note: {features.backbone}'s ImageNet fc6 expects pyramid "
-            f"{','.join(map(str, native))}; with {','.join(map(str, spp.pyramid))} fc6 starts "
-            "from scratch (fc7 is still reused)"
-        )
-    if kind == "rcnn":
-        rcnn = override(config.rcnn, precision=precision, dtype=dtype)
-        made = cache_rcnn_features(dataset, work, features, spp, rcnn, force=force)
-        console.print(
+    note = fc6_pyramid_note(settings)
+    if note is not None:
+        console.print(f"note: {note}")
+    made = cache_split_features(dataset, work, settings, force=force, executor=runner)
+    console.print(_cached_summary(made, dataset.split))
+
+
+def _cached_summary(made: CacheStats | RcnnStats, split: str) -> str:
+    if isinstance(made, RcnnStats):
+        return (
             f"cached R-CNN pool5 of {made.computed} images ({made.images - made.computed} "
             f"already done, {made.windows} windows) in {made.seconds:.1f} s in {made.root}"
         )
-        return
-    stats = cache_features(dataset, work, features, spp=spp, force=force, executor=runner)
-    done = stats.images - stats.computed
-    console.print(
-        f"cached {stats.computed} images ({done} already done) of {dataset.split!r} at scales "
-        f"{','.join(map(str, stats.scales))} in {stats.wall:.1f} s "
-        f"(forward {stats.forward:.1f} s); {stats.bytes_total / 2**20:.1f} MiB in {stats.root}; "
-        f"fingerprint {stats.fingerprint}"
+    return (
+        f"cached {made.computed} images ({made.images - made.computed} already done) of "
+        f"{split!r} at scales {','.join(map(str, made.scales))} in {made.wall:.1f} s "
+        f"(forward {made.forward:.1f} s); {made.bytes_total / 2**20:.1f} MiB in {made.root}; "
+        f"fingerprint {made.fingerprint}"
     )
 
 
@@ -150,19 +149,24 @@ def cache_info_command(
     """Describe a feature cache: images, scales, bytes per image and in total, fingerprint."""
     info = cache_info(work, split)
     if as_json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        print(json.dumps(info.to_dict(), indent=2, sort_keys=True))
         return
-    lines = [
-        ("store", info["path"]),
-        ("images", f"{info['images_cached']} of {info['images']} cached (shards {info['shards']})"),
-        ("backbone", f"{info['backbone']}  weights {info['weights']}"),
-        ("scales", ",".join(map(str, info["scales"])) + f"  max size {info['max_size']}"),
-        ("storage", f"{info['dtype']}, flip {'on' if info['flip'] else 'off'}"),
-        ("preprocessing", json.dumps(info["preprocessing"], sort_keys=True)),
-        ("bytes/image", f"{info['bytes_per_image'] / 2**20:.2f} MiB"),
-        ("bytes total", f"{info['bytes_total'] / 2**20:.1f} MiB"),
-        ("fingerprint", info["fingerprint"]),
-    ]
+    lines = _info_lines(info)
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key.ljust(width)}  {value}")
+
+
+def _info_lines(info: CacheInfo) -> list[tuple[str, str]]:
+    shards = f"shards {info.shards_done}/{info.shards_total}"
+    return [
+        ("store", str(info.path)),
+        ("images", f"{info.images_cached} of {info.images} cached ({shards})"),
+        ("backbone", f"{info.backbone}  weights {info.weights}"),
+        ("scales", ",".join(map(str, info.scales)) + f"  max size {info.max_size}"),
+        ("storage", f"{info.dtype}, flip {'on' if info.flip else 'off'}"),
+        ("preprocessing", json.dumps(info.preprocessing, sort_keys=True)),
+        ("bytes/image", f"{info.bytes_per_image / 2**20:.2f} MiB"),
+        ("bytes total", f"{info.bytes_total / 2**20:.1f} MiB"),
+        ("fingerprint", info.fingerprint),
+    ]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from sppdet.detector.backbones.registry import backbone_specs
 from sppdet.detector.core.errors import SppdetError
 
 DataOption = typer.Option(
@@ -19,7 +20,10 @@ ClassesOption = typer.Option(
 )
 WorkOption = typer.Option(Path("work"), "--work", help="Work folder of this experiment.")
 PresetOption = typer.Option(
-    "released", "--preset", help="Parameter set: released (default), paper or quick-cpu."
+    "released",
+    "--preset",
+    help="Parameter set: released (default), paper, quick-cpu or demo (quick-cpu, shorter "
+    "fine-tuning).",
 )
 ForceOption = typer.Option(
     False, "--force", help="Overwrite a store made with other settings instead of refusing."
@@ -37,17 +41,28 @@ RayAddressOption = typer.Option(
     "node) or HOST:PORT.",
     show_default="start Ray on this machine for the run",
 )
+
+
+def _or_list(items: list[str]) -> str:
+    """'a, b or c'."""
+    return f"{', '.join(items[:-1])} or {items[-1]}" if len(items) > 1 else "".join(items)
+
+
 BackboneOption = typer.Option(
     None,
     "--backbone",
-    help="Conv trunk: zf5 (the paper's), alexnet or vgg16.",
+    help="Conv trunk: "
+    + _or_list([f"{spec.name} ({spec.description})" for spec in backbone_specs()])
+    + ".",
     show_default="zf5",
 )
 WeightsOption = typer.Option(
     None,
     "--weights",
-    help="random, imagenet (torchvision's weights API; alexnet/vgg16, needs the file cached or a "
-    "network) or PATH to a backbone checkpoint or torchvision state dict.",
+    help="random, imagenet (torchvision's weights API; "
+    + "/".join(spec.name for spec in backbone_specs() if spec.torchvision is not None)
+    + ", needs the file cached or a network) or PATH to a backbone checkpoint or torchvision "
+    "state dict.",
     show_default="random",
 )
 DeviceOption = typer.Option(

@@ -19,11 +19,11 @@ from sppdet.cli.options import (
     SplitOption,
     WorkOption,
 )
-from sppdet.detector.core.config import override, preset
+from sppdet.detector.core.config import ProposalConfig, override, preset
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.parallel import Executor
 from sppdet.detector.data.datasets import load_dataset
-from sppdet.proposals.methods import METHODS, check_method
+from sppdet.proposals.methods import METHODS, proposal_method
 from sppdet.proposals.recall import AR_LIMITS, measure_recall
 from sppdet.proposals.stage import (
     ProposeSummary,
@@ -59,7 +59,7 @@ def propose_command(
         None,
         "--method",
         help=f"Proposal method: {', '.join(METHODS)} (ss = Selective Search, eb = EdgeBoxes).",
-        show_default="ss-fast",
+        show_default=ProposalConfig.method,
     ),
     max_boxes: int = typer.Option(
         None,
@@ -110,7 +110,7 @@ def propose_command(
             shard_size=cfg.shard_size, force=force,
         )  # fmt: skip
     else:
-        method = check_method(method) if method is not None else None
+        method = proposal_method(method).name if method is not None else None
         cfg = override(cfg, method=method, max_boxes=max_boxes)
         summary = run_proposals(
             dataset, workdir, cfg, force=force, edge_model=edge_model, executor=runner

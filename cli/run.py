@@ -11,15 +11,20 @@ from rich.console import Console
 from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
 from sppdet.cli.evaluate import print_voc
-from sppdet.cli.options import ClassesOption, DataOption, PresetOption, WorkOption
-from sppdet.detector.core.config import PipelineConfig, override, preset
+from sppdet.cli.options import (
+    BackboneOption,
+    ClassesOption,
+    DataOption,
+    PresetOption,
+    WeightsOption,
+    WorkOption,
+)
+from sppdet.detector.core.config import override, preset
 from sppdet.detector.data.datasets import load_dataset, parse_classes
 from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.pipeline import draw_split, run_pipeline
 
-# The demo's data: small images of coloured shapes, so every stage fits in minutes on 2 cores.
-DEMO_IMAGES = 80
-DEMO_DRAWINGS = 6
+DEMO = preset("demo")  # the demo's data set, drawings and shorter fine-tuning
 
 
 def _report(report, console: Console) -> None:  # type: ignore[no-untyped-def]
@@ -36,8 +41,8 @@ def run_command(
     classes: str = ClassesOption,
     train_split: str = typer.Option("trainval", "--train-split", help="Split to train on."),
     test_split: str = typer.Option("test", "--test-split", help="Split to detect and score."),
-    backbone: str = typer.Option(None, "--backbone", help="zf5, alexnet or vgg16."),
-    weights: str = typer.Option(None, "--weights", help="random, imagenet or a checkpoint PATH."),
+    backbone: str = BackboneOption,
+    weights: str = WeightsOption,
     workers: int = typer.Option(1, "--workers", min=1, help="Processes for proposals."),
     bbox: bool = typer.Option(True, "--bbox/--no-bbox", help="Apply box regression."),
 ) -> None:
@@ -62,37 +67,27 @@ def run_command(
     _report(report, console)
 
 
-DEMO_ITERATIONS = 300  # fine-tuning batches: keeps the demo within 10 minutes on 2 cores
-
-
-def demo_config() -> PipelineConfig:
-    """quick-cpu with a shorter fine-tuning, sized for the demo's small synthetic images."""
-    cfg = preset("quick-cpu")
-    steps = (DEMO_ITERATIONS * 3 // 4,)
-    return dataclasses.replace(
-        cfg, finetune=override(cfg.finetune, iterations=DEMO_ITERATIONS, lr_steps=steps)
-    )
-
-
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("sppdet-demo"), "--out", help="Folder for data, work, pictures."),
-    images: int = typer.Option(DEMO_IMAGES, "--images", min=4, help="Synthetic images to make."),
+    images: int = typer.Option(
+        DEMO.demo.images, "--images", min=4, help="Synthetic images to make."
+    ),
     iterations: int = typer.Option(None, "--iterations", help="Fine-tuning mini-batches."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes for proposals."),
 ) -> None:
-    """Generate a synthetic VOC dataset and run the whole pipeline on it (quick-cpu preset):
-    proposals, cache, finetune, SVMs, box regression, detect, evaluate, and pictures."""
+    """Generate a synthetic VOC dataset and run the whole pipeline on it (demo preset: quick-cpu
+    with a shorter fine-tuning): proposals, cache, finetune, SVMs, box regression, detect,
+    evaluate, and pictures."""
     console = Console()
     data = out / "data"
     if not (data / "ImageSets").is_dir():
         make_synthetic_voc(data, num_images=images)
-    cfg = demo_config()
-    cfg = dataclasses.replace(cfg, finetune=override(cfg.finetune, iterations=iterations))
+    cfg = dataclasses.replace(DEMO, finetune=override(DEMO.finetune, iterations=iterations))
     work = WorkDir.at(out / "work")
     report = run_pipeline(data, work, cfg, workers=workers, say=console.print)
     classes = tuple(r.name for r in report.evaluation.results)
     test_set = load_dataset(data, "test", classes)
-    drawings = draw_split(test_set, work.detections("test"), out / "drawings", DEMO_DRAWINGS)
+    drawings = draw_split(test_set, work.detections("test"), out / "drawings", cfg.demo.drawings)
     _report(report, console)
     console.print(f"pictures of detections: {drawings[0].parent} ({len(drawings)} images)")

@@ -21,7 +21,7 @@ from sppdet.cli.options import (
 from sppdet.detector.core.config import override, preset
 from sppdet.detector.training.bbox import run_train_bbox
 from sppdet.detector.training.finetune import run_finetune
-from sppdet.detector.training.inputs import open_split
+from sppdet.detector.training.inputs import UpToDate, open_split
 from sppdet.detector.training.svm import run_train_svm
 
 
@@ -53,16 +53,16 @@ def finetune_command(
     inputs = open_split(workdir, data, split, classes)
     result = run_finetune(workdir, inputs, cfg, force=force)
     console = Console()
-    if result.get("skipped"):
-        console.print(f"{workdir.model('finetune')} is up to date (use --force to retrain)")
+    if isinstance(result, UpToDate):
+        console.print(f"{result.model} is up to date (use --force to retrain)")
         return
-    console.print(result["origin"])
-    for entry in result["history"][-3:]:
+    console.print(result.origin)
+    for entry in result.history[-3:]:
         console.print(
             f"iteration {entry['iteration']}: train loss {entry['train_loss']:.4f}, held-out "
             f"loss {entry['loss']:.4f}, foreground accuracy {entry['fg_accuracy']:.3f}"
         )
-    console.print(f"wrote {workdir.model('finetune')} after {result['iterations']} iterations")
+    console.print(f"wrote {result.model} after {result.iterations} iterations")
 
 
 @app.command("train-svm")
@@ -93,14 +93,14 @@ def train_svm_command(
         finetuned = inputs.features == "spp"  # fine-tuning runs on SPP features only
     result = run_train_svm(workdir, inputs, cfg, finetuned, force)
     console = Console()
-    if result.get("skipped"):
-        console.print(f"{result['model']} is up to date (use --force to retrain)")
+    if isinstance(result, UpToDate):
+        console.print(f"{result.model} is up to date (use --force to retrain)")
         return
-    for name, stats in result["stats"].items():
+    for name, stats in result.stats.items():
         console.print(
             f"{name}: {stats['retrains']} retrains, {stats['cached_negatives']} hard negatives kept"
         )
-    console.print(f"feature scale {result['scale']:.4g}; wrote {result['model']}")
+    console.print(f"feature scale {result.scale:.4g}; wrote {result.model}")
 
 
 @app.command("train-bbox")
@@ -118,8 +118,8 @@ def train_bbox_command(
     workdir = WorkDir.at(work)
     inputs = open_split(workdir, data, split, classes, features=features)
     result = run_train_bbox(workdir, inputs, cfg, force)
-    if result.get("skipped"):
-        Console().print(f"{result['model']} is up to date (use --force to retrain)")
+    if isinstance(result, UpToDate):
+        Console().print(f"{result.model} is up to date (use --force to retrain)")
         return
-    samples = ", ".join(f"{k} {v}" for k, v in result["samples"].items())
-    Console().print(f"samples per class: {samples}; wrote {result['model']}")
+    samples = ", ".join(f"{k} {v}" for k, v in result.samples.items())
+    Console().print(f"samples per class: {samples}; wrote {result.model}")

@@ -49,10 +49,10 @@ from sppdet.detector.core.device import autocast, device_input, resolve_device
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.progress import progress_bar
 from sppdet.detector.data.images import read_image
-from sppdet.detector.data.records import Dataset
+from sppdet.detector.data.records import Dataset, ImageRecord
 from sppdet.detector.detection.postprocess import Candidates, select
 from sppdet.detector.features.conv5 import resize_to_scales
-from sppdet.detector.features.rcnn import RcnnFeaturizer
+from sppdet.detector.features.rcnn_warp import RcnnFeaturizer
 from sppdet.detector.features.reader import ImageInfo
 from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.spp.bins import check_pyramid, pyramid_dim
@@ -73,8 +73,80 @@ PARTS = (
     "nms",
 )
 HEAD_SEED = 0
-SVM_FEATURE_NORM = 20.0  # the SVM stage's mean feature norm (SvmConfig.feature_norm)
 CHECK_RCNN_WINDOWS = 128  # windows of the R-CNN path re-run in float32 for the precision check
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """How far mixed precision moves the SVM scores from float32 on the same windows."""
+
+    spp_max_abs_score_diff: float
+    spp_mean_abs_score_diff: float
+    score_std: float  # of the float32 scores: the scale the differences compare with
+    rcnn_max_abs_score_diff: float  # on the first CHECK_RCNN_WINDOWS windows of the R-CNN path
+    same_detections: float  # Jaccard index of the detections after NMS: 1.0 = identical
+
+    def to_json(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageBench:
+    """One timed image: its windows and proposals, seconds per part, the precision check."""
+
+    image_id: str
+    windows: int
+    proposals: int  # given by the proposal method; the rest of the windows are random boxes
+    seconds: dict[str, float]  # per part of PARTS
+    check: PrecisionCheck | None  # with --precision bf16 or fp16 only
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"windows": self.windows, "proposals": self.proposals}
+        if self.check is not None:
+            out["check"] = self.check.to_json()
+        return {**out, "image_id": self.image_id, "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """``sppdet bench``'s report: the setting, every image, mean seconds per image and part, the
+    paper's speed-ups and (mixed precision) the worst and mean precision check."""
+
+    backbone: str
+    weights: str
+    device: str
+    device_name: str
+    threads: int
+    precision: str
+    pooling: list[str]  # the pooling paths used (native, torch)
+    windows: int
+    one_scale: tuple[int, ...]
+    five_scales: tuple[int, ...]
+    proposal_method: str
+    images: list[ImageBench]
+    per_image: dict[str, float]
+    speedup: dict[str, float]
+    check: PrecisionCheck | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report (bench.json): the fields, the images and checks as plain dicts."""
+        return {
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "device": self.device,
+            "device_name": self.device_name,
+            "threads": self.threads,
+            "precision": self.precision,
+            "pooling": self.pooling,
+            "windows": self.windows,
+            "one_scale": list(self.one_scale),
+            "five_scales": list(self.five_scales),
+            "proposal_method": self.proposal_method,
+            "images": [image.to_json() for image in self.images],
+            "per_image": self.per_image,
+            "speedup": self.speedup,
+            "check": None if self.check is None else self.check.to_json(),
+        }
 
 
 @dataclass
@@ -199,7 +271,7 @@ def svm_scores(bench: Bench, features: torch.Tensor) -> torch.Tensor:
     """Scores [N, K] of the random linear SVMs, on features scaled to the SVM stage's norm."""
     with torch.inference_mode():
         norm = features.norm(dim=1).mean().clamp_min(1e-12)
-        return (features * (SVM_FEATURE_NORM / norm)) @ bench.svm_weights.T
+        return (features * (bench.cfg.svm.feature_norm / norm)) @ bench.svm_weights.T
 
 
 def detections(bench: Bench, boxes: np.ndarray, scores: torch.Tensor) -> Candidates:
@@ -221,9 +293,15 @@ def _same_detections(a: Candidates, b: Candidates) -> float:
 
 
 def bench_image(
-    bench: Bench, rgb: np.ndarray, seed: int, featurizer: RcnnFeaturizer, timer: Timer
-) -> dict[str, Any]:
-    """Time every part on one image; returns the window count and the precision check."""
+    bench: Bench,
+    image_id: str,
+    rgb: np.ndarray,
+    seed: int,
+    featurizer: RcnnFeaturizer,
+    timer: Timer,
+) -> ImageBench:
+    """Time every part on one image (adding to TIMER), and check mixed precision against fp32."""
+    before = dict(timer.seconds)
     height, width = rgb.shape[:2]
     cfg = bench.cfg
     with timer("proposals"):
@@ -242,10 +320,11 @@ def bench_image(
         scores = svm_scores(bench, features)
     with timer("nms"):
         found = detections(bench, boxes, scores)
-    result: dict[str, Any] = {"windows": len(boxes), "proposals": int(len(proposals))}
+    seconds = {p: timer.seconds[p] - before.get(p, 0.0) for p in PARTS}
+    check = None
     if bench.precision != "fp32":
-        result["check"] = precision_check(bench, rgb, boxes, scores, found, rcnn_pool5)
-    return result
+        check = precision_check(bench, rgb, boxes, scores, found, rcnn_pool5)
+    return ImageBench(image_id, len(boxes), int(len(proposals)), seconds, check)
 
 
 def precision_check(
@@ -255,7 +334,7 @@ def precision_check(
     scores: torch.Tensor,
     found: Candidates,
     rcnn_pool5: torch.Tensor,
-) -> dict[str, float]:
+) -> PrecisionCheck:
     """How far mixed precision moves the 5-scale SPP scores (and those of the first windows of
     the R-CNN path) from float32, and how many detections stay the same."""
     scratch = Timer(bench.device)
@@ -267,13 +346,13 @@ def precision_check(
     few = boxes[:CHECK_RCNN_WINDOWS]
     rcnn_exact = svm_scores(bench, fc7(bench, reference.pool5(reference.prepare(rgb), few), "fp32"))
     rcnn_mixed = svm_scores(bench, fc7(bench, rcnn_pool5[: len(few)], bench.precision))
-    return {
-        "spp_max_abs_score_diff": float(delta.max()),
-        "spp_mean_abs_score_diff": float(delta.mean()),
-        "score_std": float(exact.std()),
-        "rcnn_max_abs_score_diff": float((rcnn_mixed - rcnn_exact).abs().max()),
-        "same_detections": _same_detections(found, detections(bench, boxes, exact)),
-    }
+    return PrecisionCheck(
+        spp_max_abs_score_diff=float(delta.max()),
+        spp_mean_abs_score_diff=float(delta.mean()),
+        score_std=float(exact.std()),
+        rcnn_max_abs_score_diff=float((rcnn_mixed - rcnn_exact).abs().max()),
+        same_detections=_same_detections(found, detections(bench, boxes, exact)),
+    )
 
 
 def run_bench(
@@ -282,9 +361,44 @@ def run_bench(
     cfg: PipelineConfig,
     precision: str = "fp32",
     progress: bool = True,
-) -> dict[str, Any]:
+) -> BenchReport:
     """Time both paths on the first ``cfg.bench.images`` images of DATASET; the report's
     ``per_image`` holds mean seconds per image, ``speedup`` the ratios."""
+    records = _bench_records(dataset, cfg)
+    bench = make_bench(features, cfg, precision)
+    rcnn_cfg: RcnnConfig = dataclasses.replace(cfg.rcnn, precision=precision)
+    featurizer = RcnnFeaturizer(bench.backbone, bench.pyramid, rcnn_cfg, bench.device)
+    _warm_up(bench, featurizer, read_image(records[0].path))
+    timer = Timer(bench.device)
+    images: list[ImageBench] = []
+    with progress_bar(len(records), "bench", "img") if progress else nullcontext() as bar:
+        for k, record in enumerate(records):
+            rgb = read_image(record.path)
+            images.append(bench_image(bench, record.image_id, rgb, k, featurizer, timer))
+            if bar is not None:
+                bar.advance()
+    per_image = {p: timer.seconds[p] / len(records) for p in PARTS}
+    return BenchReport(
+        backbone=features.backbone,
+        weights=bench.backbone.weights_id,
+        device=str(bench.device),
+        device_name=_device_name(bench.device),
+        threads=torch.get_num_threads(),
+        precision=precision,
+        pooling=sorted({str(pooler.last_path) for pooler in bench.poolers.values()}),
+        windows=cfg.bench.windows,
+        one_scale=tuple(cfg.bench.one_scale),
+        five_scales=tuple(cfg.bench.five_scales),
+        proposal_method=cfg.proposals.method,
+        images=images,
+        per_image=per_image,
+        speedup=speedups(per_image),
+        check=_mean_check([im.check for im in images if im.check is not None]),
+    )
+
+
+def _bench_records(dataset: Dataset, cfg: PipelineConfig) -> list[ImageRecord]:
+    """The images to time: the first ``cfg.bench.images`` of DATASET, the settings checked."""
     count = cfg.bench.images
     if count < 1:
         raise SppdetError(f"--images {count}: give 1 or more")
@@ -293,39 +407,7 @@ def run_bench(
     records = dataset.records[:count]
     if not records:
         raise SppdetError(f"split {dataset.split!r} of {dataset.name} has no images")
-    bench = make_bench(features, cfg, precision)
-    rcnn_cfg: RcnnConfig = dataclasses.replace(cfg.rcnn, precision=precision)
-    featurizer = RcnnFeaturizer(bench.backbone, bench.pyramid, rcnn_cfg, bench.device)
-    _warm_up(bench, featurizer, read_image(records[0].path))
-    timer = Timer(bench.device)
-    images: list[dict[str, Any]] = []
-    with progress_bar(len(records), "bench", "img") if progress else nullcontext() as bar:
-        for k, record in enumerate(records):
-            before = dict(timer.seconds)
-            found = bench_image(bench, read_image(record.path), k, featurizer, timer)
-            found["image_id"] = record.image_id
-            found["seconds"] = {p: timer.seconds[p] - before.get(p, 0.0) for p in PARTS}
-            images.append(found)
-            if bar is not None:
-                bar.advance()
-    per_image = {p: timer.seconds[p] / len(records) for p in PARTS}
-    return {
-        "backbone": features.backbone,
-        "weights": bench.backbone.weights_id,
-        "device": str(bench.device),
-        "device_name": _device_name(bench.device),
-        "threads": torch.get_num_threads(),
-        "precision": precision,
-        "pooling": sorted({str(pooler.last_path) for pooler in bench.poolers.values()}),
-        "windows": cfg.bench.windows,
-        "one_scale": list(cfg.bench.one_scale),
-        "five_scales": list(cfg.bench.five_scales),
-        "proposal_method": cfg.proposals.method,
-        "images": images,
-        "per_image": per_image,
-        "speedup": speedups(per_image),
-        "check": _mean_check(images),
-    }
+    return list(records)
 
 
 def speedups(per_image: dict[str, float]) -> dict[str, float]:
@@ -339,18 +421,17 @@ def speedups(per_image: dict[str, float]) -> dict[str, float]:
     return ratios
 
 
-def _mean_check(images: list[dict[str, Any]]) -> dict[str, float] | None:
-    checks = [im["check"] for im in images if "check" in im]
+def _mean_check(checks: list[PrecisionCheck]) -> PrecisionCheck | None:
+    """The precision checks of all images: the worst of the maxima, the mean of the rest."""
     if not checks:
         return None
-    keys = checks[0].keys()
-    worst = {k: max(c[k] for c in checks) for k in keys if "max" in k}
-    return {
-        **worst,
-        "spp_mean_abs_score_diff": float(np.mean([c["spp_mean_abs_score_diff"] for c in checks])),
-        "score_std": float(np.mean([c["score_std"] for c in checks])),
-        "same_detections": float(np.mean([c["same_detections"] for c in checks])),
-    }
+    return PrecisionCheck(
+        spp_max_abs_score_diff=max(c.spp_max_abs_score_diff for c in checks),
+        spp_mean_abs_score_diff=float(np.mean([c.spp_mean_abs_score_diff for c in checks])),
+        score_std=float(np.mean([c.score_std for c in checks])),
+        rcnn_max_abs_score_diff=max(c.rcnn_max_abs_score_diff for c in checks),
+        same_detections=float(np.mean([c.same_detections for c in checks])),
+    )
 
 
 def _warm_up(bench: Bench, featurizer: RcnnFeaturizer, rgb: np.ndarray) -> None:

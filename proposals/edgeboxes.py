@@ -1,8 +1,9 @@
 """EdgeBoxes (Zitnick & Dollar, ECCV 2014) through ``cv2.ximgproc.createEdgeBoxes``.
 
 Edges come from the built-in detector (proposals/edges.py) or, with an edge model, from OpenCV's
-structured-edge forest. EdgeBoxes runs on a copy whose longer side is at most ``eb_max_side``
-(VOC-sized, the scale its parameters were tuned at; its cost grows with the pixel count).
+structured-edge forest (proposals/structured_edges.py). EdgeBoxes runs on a copy whose longer
+side is at most ``eb_max_side`` (VOC-sized, the scale its parameters were tuned at; its cost
+grows with the pixel count).
 
 OpenCV returns ``Rect(x + 1, y + 1, w, h)`` for a box that scored pixels x..x+w and y..y+h
 (inclusive; the +1 is left over from the MATLAB original), so the 0-based box is
@@ -17,13 +18,21 @@ import cv2
 import numpy as np
 
 from sppdet.detector.core.config import ProposalConfig
-from sppdet.proposals.edges import builtin_edge_maps, structured_edge_maps
+from sppdet.proposals.edges import builtin_edge_maps
 from sppdet.proposals.ranking import finalize
 from sppdet.proposals.selective_search import downscale, scale_back
+from sppdet.proposals.structured_edges import structured_edge_maps
 
 # EdgeBoxes stops after this many boxes survive its NMS; ask for more than max_boxes so that
 # the min-side filter on the full image still leaves max_boxes when there are that many.
 OVERSAMPLE = 2
+# The ProposalConfig fields this module reads (besides max_boxes and min_side; the built-in edge
+# detector's own are edges.BUILTIN_EDGE_SETTINGS): they go into the fingerprints of the methods
+# that run EdgeBoxes.
+EDGE_BOXES_SETTINGS = (
+    "eb_max_side", "eb_alpha", "eb_beta", "eb_min_score", "eb_max_aspect_ratio",
+    "eb_min_box_area", "eb_edge_merge_thr", "eb_cluster_min_mag",
+)  # fmt: skip
 
 
 def edge_boxes_raw(

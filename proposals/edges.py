@@ -1,12 +1,10 @@
-"""Edge and orientation maps for EdgeBoxes: a built-in detector, or OpenCV's structured edges.
+"""The built-in edge and orientation maps for EdgeBoxes, from OpenCV/NumPy primitives only.
 
 EdgeBoxes scores a box by the edge groups wholly inside it, so it needs thin edges with
 magnitudes in [0, 1] (weak ones below its 0.1 cut-off) and an orientation per pixel. OpenCV makes
 both with a structured-edge random forest (Dollar & Zitnick), whose ``model.yml.gz`` no package
-ships and which carries a non-commercial licence; ``structured_edge_maps`` uses it when the user
-has it (``--edge-model``).
-
-The built-in detector uses OpenCV/NumPy primitives only:
+ships and which carries a non-commercial licence: proposals/structured_edges.py uses it when the
+user has it (``--edge-model``); without it this detector stands in:
 
 1. RGB -> CIE Lab in [0, 1]-ish units (L/100, a/255, b/255): colour edges count, as in the forest's
    own features.
@@ -28,14 +26,10 @@ The built-in detector uses OpenCV/NumPy primitives only:
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-
 import cv2
 import numpy as np
 
 from sppdet.detector.core.config import ProposalConfig
-from sppdet.detector.core.errors import SppdetError
 
 LAB_UNITS = np.array([1 / 100, 1 / 255, 1 / 255], np.float32)
 NMS_MULTIPLIER = 1.01
@@ -43,6 +37,9 @@ NORM_EPS = 0.01  # keeps the contrast normalisation finite in flat regions
 # The percentile scale never drops below this: natural images give 1.2-1.4, a 10-grey-level step
 # alone about 0.7, so a nearly flat image's rounding noise is not stretched to strong edges.
 MIN_SCALE = 0.5
+# The ProposalConfig fields this detector reads: they decide the boxes only when no edge model
+# is given, so only then do they go into an edge-using method's fingerprint.
+BUILTIN_EDGE_SETTINGS = ("edge_sigmas", "edge_norm_radius", "edge_percentile", "edge_gamma")
 
 
 def builtin_edge_maps(rgb: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -85,69 +82,3 @@ def thin_edges(magnitude: np.ndarray, orientation: np.ndarray) -> np.ndarray:
         )  # fmt: skip
         keep &= magnitude * NMS_MULTIPLIER >= neighbour
     return np.where(keep, magnitude, 0).astype(np.float32)
-
-
-# ----------------------------------------------------------------------- structured edges (opt.)
-
-_MODEL_OPTIONS = ("stride", "shrinkNumber", "patchSize", "patchInnerSize", "numberOfTrees",
-                  "numberOfTreesToEvaluate", "numberOfGradientOrientations",
-                  "gradientNormalizationRadius", "selfsimilarityGridSize")  # fmt: skip
-_MODEL_TREES = ("childs", "featureIds", "thresholds", "edgeBoundaries", "edgeBins")
-_POSITIVE_OPTIONS = ("stride", "shrinkNumber", "patchSize", "numberOfTrees",
-                     "numberOfTreesToEvaluate")  # fmt: skip
-_MODEL_HINT = (
-    "pass the structured-edge model.yml.gz of opencv_extra (testdata/cv/ximgproc/model.yml.gz), "
-    "or leave out --edge-model to use the built-in edges"
-)
-
-
-def check_edge_model(path: str | Path) -> Path:
-    """Validate a structured-edge model file before OpenCV sees it (a model without its trees
-    crashes OpenCV with a floating-point exception, so it is checked field by field here)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SppdetError(f"{path}: edge model not found; {_MODEL_HINT}")
-    try:
-        storage = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-    except (cv2.error, SystemError) as exc:  # the constructor wraps cv2.error in SystemError
-        cause = exc.__cause__ or exc
-        reason = str(cause).strip().splitlines()[0].split("error: ")[-1][:120]
-        raise SppdetError(
-            f"{path}: not a structured-edge model ({reason}); {_MODEL_HINT}"
-        ) from None
-    try:
-        if not storage.isOpened():
-            raise SppdetError(f"{path}: cannot open the edge model; {_MODEL_HINT}")
-        options = storage.getNode("options")
-        missing = [f"options.{name}" for name in _MODEL_OPTIONS if options.getNode(name).empty()]
-        missing += [name for name in _MODEL_TREES if storage.getNode(name).size() == 0]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise SppdetError(
-                f"{path}: not a structured-edge model (missing {', '.join(missing[:3])}{more}); "
-                f"{_MODEL_HINT}"
-            )
-        bad = [name for name in _POSITIVE_OPTIONS if options.getNode(name).real() <= 0]
-        if bad:
-            raise SppdetError(
-                f"{path}: edge model has non-positive {', '.join(bad)}; {_MODEL_HINT}"
-            )
-    finally:
-        storage.release()
-    return path
-
-
-@lru_cache(maxsize=2)
-def _detector(path: str) -> cv2.ximgproc.StructuredEdgeDetection:
-    return cv2.ximgproc.createStructuredEdgeDetection(str(check_edge_model(path)))
-
-
-def structured_edge_maps(rgb: np.ndarray, model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Edges and orientations from OpenCV's structured-edge forest, thinned as EdgeBoxes expects
-    (``edgesNms`` with r=2, s=0, m=1, the settings of Dollar's edgeBoxes.m). Loaded once per
-    process."""
-    detector = _detector(str(model_path))
-    edges = detector.detectEdges(rgb.astype(np.float32) / 255.0)
-    orientation = detector.computeOrientation(edges)
-    thin = detector.edgesNms(edges, orientation, r=2, s=0, m=1.0, isParallel=False)
-    return np.ascontiguousarray(thin, np.float32), np.ascontiguousarray(orientation, np.float32)

@@ -1,12 +1,16 @@
-"""The proposal methods by name, and the settings that define each one's output.
+"""The proposal-method table: each method's function and the settings that define its output.
 
-``ss+eb`` merges the two ranked lists by taking one box of each in turn (Selective Search
-first), so a top-N cut keeps about N/2 of each; a box both methods found counts once, at its
-earlier place.
+One ``ProposalMethod`` per ``--method`` value says how the method proposes, which
+ProposalConfig fields decide its boxes (and so go into its store's fingerprint) and whether it
+reads edge maps. Everything that depends on the method (the fingerprint params, the dispatch,
+the ``--edge-model`` check, the CLI's choices) reads the table, so adding a method takes its own
+module plus one entry in ``METHODS``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,49 +20,88 @@ import numpy as np
 from sppdet.cache.fingerprint import file_hash
 from sppdet.detector.core.config import ProposalConfig, as_dict
 from sppdet.detector.core.errors import SppdetError
-from sppdet.proposals.edgeboxes import edge_boxes
-from sppdet.proposals.ranking import finalize, interleave_keys
-from sppdet.proposals.selective_search import selective_search
+from sppdet.proposals.combined import selective_search_and_edge_boxes
+from sppdet.proposals.edgeboxes import EDGE_BOXES_SETTINGS, edge_boxes
+from sppdet.proposals.edges import BUILTIN_EDGE_SETTINGS
+from sppdet.proposals.selective_search import SELECTIVE_SEARCH_SETTINGS, selective_search
 
-METHODS = ("ss-fast", "ss-quality", "edgeboxes", "ss+eb")
 # Bumped when the output of a method changes for the same settings (ranking key, filters).
 ALGORITHM_VERSION = 1
+# Every method ends in ranking.finalize, which reads these.
+COMMON_SETTINGS = ("max_boxes", "min_side")
 
-_COMMON = ("max_boxes", "min_side")
-_SS = ("ss_max_side", "ss_base_k", "ss_inc_k", "ss_sigma", "ss_min_region", "ss_rank_seed")
-_EB = ("eb_max_side", "eb_alpha", "eb_beta", "eb_min_score", "eb_max_aspect_ratio",
-       "eb_min_box_area", "eb_edge_merge_thr", "eb_cluster_min_mag")  # fmt: skip
-_EDGES = ("edge_sigmas", "edge_norm_radius", "edge_percentile", "edge_gamma")
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise SppdetError(f"unknown proposal method {method!r}: choose one of {', '.join(METHODS)}")
-    return method
+# (RGB image, settings, structured-edge model or None) -> int32 [N, 4] x1 y1 x2 y2, best first.
+ProposeFn = Callable[[np.ndarray, ProposalConfig, str | Path | None], np.ndarray]
 
 
-def uses_edges(method: str) -> bool:
-    return method in ("edgeboxes", "ss+eb")
+@dataclass(frozen=True)
+class ProposalMethod:
+    """One row of the method table."""
+
+    name: str  # the --method value, recorded in the store's params
+    propose: ProposeFn
+    settings: tuple[str, ...]  # the ProposalConfig fields it reads besides COMMON_SETTINGS
+    # Reads edge maps: from --edge-model's forest when given, else from the built-in detector
+    # (whose BUILTIN_EDGE_SETTINGS then decide the boxes too).
+    uses_edges: bool = False
+
+
+def _selective_search_fast(
+    rgb: np.ndarray, cfg: ProposalConfig, edge_model: str | Path | None = None
+) -> np.ndarray:
+    return selective_search(rgb, cfg, quality=False)
+
+
+def _selective_search_quality(
+    rgb: np.ndarray, cfg: ProposalConfig, edge_model: str | Path | None = None
+) -> np.ndarray:
+    return selective_search(rgb, cfg, quality=True)
+
+
+METHODS: dict[str, ProposalMethod] = {
+    method.name: method
+    for method in (
+        ProposalMethod("ss-fast", _selective_search_fast, SELECTIVE_SEARCH_SETTINGS),
+        ProposalMethod("ss-quality", _selective_search_quality, SELECTIVE_SEARCH_SETTINGS),
+        ProposalMethod("edgeboxes", edge_boxes, EDGE_BOXES_SETTINGS, uses_edges=True),
+        ProposalMethod(
+            "ss+eb",
+            selective_search_and_edge_boxes,
+            SELECTIVE_SEARCH_SETTINGS + EDGE_BOXES_SETTINGS,
+            uses_edges=True,
+        ),
+    )
+}
+
+
+def proposal_method(name: str) -> ProposalMethod:
+    """The table's entry for NAME; an unknown name is a user error that lists the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        known = ", ".join(METHODS)
+        raise SppdetError(f"unknown proposal method {name!r}: choose one of {known}") from None
+
+
+def edge_methods() -> list[str]:
+    """The names of the methods that read edge maps (the ones ``--edge-model`` is for)."""
+    return [method.name for method in METHODS.values() if method.uses_edges]
 
 
 def method_params(cfg: ProposalConfig, edge_model: str | Path | None = None) -> dict[str, Any]:
-    """The settings that decide the boxes of METHOD: the store's params (and fingerprint).
+    """The settings that decide the boxes of ``cfg.method``: the store's params (and fingerprint).
 
     Only the fields the method reads are included, so changing an EdgeBoxes setting does not
     invalidate a Selective Search store. The OpenCV version is included: its segmentation may
     change between releases, and a store must not mix shards of two versions.
     """
-    method = check_method(cfg.method)
-    fields = dict(as_dict(cfg))
-    names = list(_COMMON)
-    if method != "edgeboxes":
-        names += _SS
-    if uses_edges(method):
-        names += _EB
-        if edge_model is None:
-            names += _EDGES
-    params: dict[str, Any] = {"method": method, **{name: fields[name] for name in names}}
-    if uses_edges(method):
+    method = proposal_method(cfg.method)
+    names = COMMON_SETTINGS + method.settings
+    if method.uses_edges and edge_model is None:
+        names += BUILTIN_EDGE_SETTINGS
+    fields = as_dict(cfg)
+    params: dict[str, Any] = {"method": method.name, **{name: fields[name] for name in names}}
+    if method.uses_edges:
         params["edges"] = (
             "built-in" if edge_model is None else f"structured:{file_hash(edge_model)}"
         )
@@ -71,12 +114,4 @@ def propose(
     rgb: np.ndarray, cfg: ProposalConfig, edge_model: str | Path | None = None
 ) -> np.ndarray:
     """Proposals of one RGB image by ``cfg.method``: int32 [N, 4] x1 y1 x2 y2, best first."""
-    method = check_method(cfg.method)
-    if method in ("ss-fast", "ss-quality"):
-        return selective_search(rgb, cfg, quality=method == "ss-quality")
-    if method == "edgeboxes":
-        return edge_boxes(rgb, cfg, edge_model)
-    lists = [selective_search(rgb, cfg), edge_boxes(rgb, cfg, edge_model)]
-    height, width = rgb.shape[:2]
-    keys = interleave_keys([len(b) for b in lists])
-    return finalize(np.concatenate(lists), keys, width, height, cfg.min_side, cfg.max_boxes)
+    return proposal_method(cfg.method).propose(rgb, cfg, edge_model)

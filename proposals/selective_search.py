@@ -21,6 +21,11 @@ from sppdet.detector.core.config import ProposalConfig
 from sppdet.proposals.ranking import finalize, hierarchy_rank_keys
 
 _SEG = cv2.ximgproc.segmentation
+# The ProposalConfig fields this module reads (besides max_boxes and min_side): they decide the
+# boxes of every method that runs Selective Search, so they go into those methods' fingerprints.
+SELECTIVE_SEARCH_SETTINGS = (
+    "ss_max_side", "ss_base_k", "ss_inc_k", "ss_sigma", "ss_min_region", "ss_rank_seed",
+)  # fmt: skip
 
 
 def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:

@@ -1,13 +1,14 @@
 """The `propose` stage: compute (or import) the proposals of a split into its sharded store.
 
-Shards are the unit of work and of resume. Each task reads its images with ``read_image`` (the
-one decoder, EXIF applied), proposes, and writes its shard atomically, so an interrupted run
-leaves complete shards plus at most some temporaries (removed on the next run); a re-run computes
-only the missing shards. Every image's boxes depend only on its pixels and the settings, so the
-files are byte-identical whatever the number of workers or interruptions.
+Shards are the unit of work and of resume: ``run_proposals`` creates the store (its params from
+the method table, proposals/methods.py), hands the missing shards to an executor as
+``propose_shard`` tasks (proposals/shard_task.py) and sums up what they did. A task writes its
+shard atomically, so an interrupted run leaves complete shards plus at most some temporaries
+(removed on the next run); a re-run computes only the missing shards. The files are
+byte-identical whatever the number of workers or interruptions.
 
-An unreadable image is logged, stored with zero boxes and ``bad=True``, and listed at the end;
-shards that hold such images are recomputed on the next run, in case the file was fixed.
+An unreadable image is stored with zero boxes and ``bad=True``, reported on stderr and listed at
+the end; shards that hold such images are recomputed on the next run, in case the file was fixed.
 Per-image compute times go to WORK/reports/propose-<split>.json, not into the shards, so that
 the shard files stay reproducible.
 """
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from sppdet.cache.atomic import read_json, remove_stale_temporaries, write_json
@@ -31,35 +30,17 @@ from sppdet.cache.shards import ShardedStore, ShardWriter
 from sppdet.detector.core.config import ProposalConfig
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.parallel import Executor, map_shards
-from sppdet.detector.core.progress import progress_bar
-from sppdet.detector.data.images import read_image
+from sppdet.detector.core.progress import Bar, progress_bar
 from sppdet.detector.data.records import Dataset
-from sppdet.proposals.edges import check_edge_model
 from sppdet.proposals.importer import read_rcnn_mat
-from sppdet.proposals.methods import ALGORITHM_VERSION, method_params, propose, uses_edges
-from sppdet.proposals.ranking import finalize, storage_dtype
-from sppdet.proposals.store import BOXES, KIND, MADE_BY, ProposalStore
+from sppdet.proposals.methods import ALGORITHM_VERSION, edge_methods, method_params, proposal_method
+from sppdet.proposals.ranking import finalize
+from sppdet.proposals.shard_task import BadImage, ShardOutcome, propose_shard, write_boxes
+from sppdet.proposals.store import KIND, ProposalStore
+from sppdet.proposals.structured_edges import check_edge_model
 
 if TYPE_CHECKING:  # workdir imports torch; worker processes never need it
     from sppdet.cache.workdir import WorkDir
-
-COMPRESSION = "gzip"
-
-
-@dataclass(frozen=True)
-class BadImage:
-    image_id: str
-    reason: str  # names the file
-
-
-@dataclass
-class ShardOutcome:
-    """What one shard task did (picklable, small)."""
-
-    images: int = 0  # readable images proposed
-    seconds: float = 0.0  # their decode + proposal time (wall clock)
-    cpu_seconds: float = 0.0  # the same in CPU time: independent of other jobs on the machine
-    bad: list[BadImage] = field(default_factory=list)
 
 
 @dataclass
@@ -83,65 +64,6 @@ class ProposeSummary:
 
 def timing_report_name(split: str) -> str:
     return f"propose-{split}.json"
-
-
-# ------------------------------------------------------------------------------- shard task
-
-
-def _write_boxes(
-    writer: ShardWriter, image_id: str, boxes: np.ndarray, width: int, height: int
-) -> None:
-    writer.put(image_id, BOXES, boxes.astype(storage_dtype(width, height)), COMPRESSION)
-    writer.set_image_attrs(image_id, width=width, height=height, bad=False)
-
-
-def _write_bad(writer: ShardWriter, image_id: str, reason: str) -> None:
-    writer.put(image_id, BOXES, np.zeros((0, 4), np.int16))
-    writer.set_image_attrs(image_id, width=0, height=0, bad=True, error=reason)
-
-
-def propose_shard(root: str, shard: int, settings: dict[str, Any]) -> ShardOutcome:
-    """Compute and write shard SHARD of the proposals store at ROOT (a ``map_shards`` task).
-
-    SETTINGS: ``config`` (ProposalConfig), ``paths`` (image id -> file), ``edge_model`` (or None).
-    """
-    cfg: ProposalConfig = settings["config"]
-    paths: dict[str, str] = settings["paths"]
-    store = ShardedStore.open(root, KIND, made_by=MADE_BY, require_complete=False)
-    outcome = ShardOutcome()
-
-    def fill(writer: ShardWriter, image_ids: list[str]) -> None:
-        for image_id in image_ids:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            try:
-                rgb = read_image(paths[image_id])
-            except SppdetError as exc:
-                _write_bad(writer, image_id, str(exc))
-                outcome.bad.append(BadImage(image_id, str(exc)))
-                continue
-            boxes = propose(rgb, cfg, settings["edge_model"])
-            _write_boxes(writer, image_id, boxes, rgb.shape[1], rgb.shape[0])
-            outcome.images += 1
-            outcome.seconds += time.perf_counter() - start
-            outcome.cpu_seconds += time.process_time() - cpu_start
-
-    with _opencv_errors_only():
-        store.write_shard(shard, fill)
-    return outcome
-
-
-@contextmanager
-def _opencv_errors_only() -> Iterator[None]:
-    # A corrupt image makes OpenCV print its own warning; our one line per bad file is enough.
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(min(level, cv2.utils.logging.LOG_LEVEL_ERROR))
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-
-
-# ------------------------------------------------------------------------------------ stage
 
 
 def _shards_with_bad_images(store: ShardedStore) -> list[int]:
@@ -208,6 +130,26 @@ def _summarise(
         )
 
 
+def _edge_model_for(method: str, edge_model: str | Path) -> Path:
+    """EDGE_MODEL, checked, when METHOD reads edge maps; a user error otherwise."""
+    if not proposal_method(method).uses_edges:
+        raise SppdetError(
+            f"--edge-model is used by --method {' or '.join(edge_methods())}, not {method!r}"
+        )
+    return check_edge_model(edge_model)
+
+
+def _account(
+    shard: int, outcome: ShardOutcome, timing: dict[str, list[float]], bar: Bar | None
+) -> None:
+    """Take in one finished shard task: its times, its unreadable images, the progress bar."""
+    timing[str(shard)] = [outcome.images, outcome.seconds, outcome.cpu_seconds]
+    for bad in outcome.bad:
+        print(f"sppdet: skipped unreadable image: {bad.reason}", file=sys.stderr)
+    if bar is not None:
+        bar.advance(outcome.images + len(outcome.bad))
+
+
 def run_proposals(
     dataset: Dataset,
     work: WorkDir,
@@ -227,16 +169,12 @@ def run_proposals(
     """
     executor = executor or Executor("local", workers)
     if edge_model is not None:
-        if not uses_edges(cfg.method):
-            raise SppdetError(
-                f"--edge-model is used by --method edgeboxes or ss+eb, not {cfg.method!r}"
-            )
-        edge_model = check_edge_model(edge_model)
+        edge_model = _edge_model_for(cfg.method, edge_model)
     params = method_params(cfg, edge_model)
     ids = [r.image_id for r in dataset.records]
     root = work.proposals(dataset.split)
     store = ShardedStore.create(root, KIND, params, ids, cfg.shard_size, force=force)
-    work.record_stage(f"propose:{dataset.split}", params)
+    work.record("propose", dataset.split, params)
     pending = sorted(set(store.pending_shards()) | set(_shards_with_bad_images(store)))
     timing_path = work.report(timing_report_name(dataset.split))
     timing = _load_timing(timing_path, store.meta.fingerprint)
@@ -264,11 +202,7 @@ def run_proposals(
                 sweep=remove_stale_temporaries,
             )
             for shard, outcome in tasks:
-                timing[str(shard)] = [outcome.images, outcome.seconds, outcome.cpu_seconds]
-                for bad in outcome.bad:
-                    print(f"sppdet: skipped unreadable image: {bad.reason}", file=sys.stderr)
-                if bar is not None:
-                    bar.advance(outcome.images + len(outcome.bad))
+                _account(shard, outcome, timing, bar)
     finally:  # keep the times of the shards that finished, even on Ctrl-C
         per_image = _save_timing(timing_path, store.meta.fingerprint, cfg.method, timing)
     return _summarise(root, cfg.method, total, per_image, time.perf_counter() - start, executor)
@@ -308,7 +242,7 @@ def import_proposals(
     ids = [r.image_id for r in dataset.records]
     root = work.proposals(dataset.split)
     store = ShardedStore.create(root, KIND, params, ids, shard_size, force=force)
-    work.record_stage(f"propose:{dataset.split}", params)
+    work.record("propose", dataset.split, params)
     by_id = dataset.by_id()
     limit = max_boxes if max_boxes is not None else np.iinfo(np.int64).max
 
@@ -318,7 +252,7 @@ def import_proposals(
             raw = boxes_by_id[image_id]
             order = np.arange(len(raw), dtype=np.float64)  # keep the published order
             boxes = finalize(raw, order, record.width, record.height, min_side, limit)
-            _write_boxes(writer, image_id, boxes, record.width, record.height)
+            write_boxes(writer, image_id, boxes, record.width, record.height)
 
     start = time.perf_counter()
     pending = store.pending_shards()

@@ -1,4 +1,27 @@
-"""Checkpoint: split out of the former ``nets`` module."""
+"""The backbone checkpoint: reading one (or a torchvision classifier's state dict) and writing one.
+
+Format (``save_backbone_checkpoint``), a dict saved with ``torch.save``::
+
+    format        "sppdet-backbone"
+    version       1
+    arch          the backbone's registered name (registry.backbone_names()), e.g. "zf5"
+    trunk         state dict of Trunk.features (zf5: conv1.weight ...; torchvision trunks keep
+                  torchvision's names: 0.weight, 3.weight, ... for AlexNet and VGG-16,
+                  conv1.weight, layer1.0.bn1.running_mean, ... for ResNet-50)
+    head          None or {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"}
+    head_pyramid  None or the pyramid levels fc6 was trained on, e.g. [1, 2, 3, 6]
+    preprocessing {"mean": [3 floats], "std": [3 floats], "channel_order": "RGB"|"BGR",
+                   "pixel_range": 255.0 | 1.0}   (mean/std in the network's channel order and
+                  pixel range: x = (pixel - mean) / std)
+    source        free text: what made it
+
+Only tensors, numbers, strings, lists and dicts, so ``weights_only=True`` loads it.
+
+A torchvision state dict of a whole classifier (e.g. ``alexnet-owt-7be5be79.pth`` fetched on
+another machine) reads as a checkpoint of the backbone it is named for: the trunk's entries, as
+its registry entry's ``TorchvisionSource`` lists them, fc6/fc7 when the classifier has them, and
+torchvision's preprocessing.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +33,9 @@ import torch
 from torch import nn
 
 from sppdet.cache.atomic import atomic_output
-from sppdet.detector.backbones.preprocessing import TORCHVISION_PREPROCESSING, Preprocessing
-from sppdet.detector.backbones.trunk import (
-    _TORCHVISION_FC,
-    _TRUNK_DEPTH,
-    ARCHS,
-    TORCHVISION_PYRAMID,
-    Trunk,
-    check_arch,
-)
+from sppdet.detector.backbones.preprocessing import Preprocessing
+from sppdet.detector.backbones.registry import backbone_names, backbone_spec, backbone_specs
+from sppdet.detector.backbones.trunk import Trunk
 from sppdet.detector.core.errors import SppdetError
 
 CHECKPOINT_FORMAT = "sppdet-backbone"
@@ -50,10 +67,10 @@ def read_checkpoint(path: str | Path, arch: str | None = None) -> dict[str, Any]
     if not isinstance(obj, dict):
         raise SppdetError(f"{path}: expected a checkpoint dict, found {type(obj).__name__}")
     if obj.get("format") != CHECKPOINT_FORMAT:
-        if any(str(k).startswith("features.") for k in obj):
+        if _is_torchvision_state(obj):
             if arch is None:
                 raise SppdetError(f"{path}: a torchvision state dict; say its --backbone")
-            return _from_torchvision_state(obj, arch, str(path))
+            return from_torchvision_state(obj, arch, str(path))
         raise SppdetError(
             f"{path}: neither an sppdet backbone checkpoint nor a torchvision state dict"
         )
@@ -64,7 +81,7 @@ def read_checkpoint(path: str | Path, arch: str | None = None) -> dict[str, Any]
             f"reads version {CHECKPOINT_VERSION}); upgrade sppdet or re-save the checkpoint"
         )
     found = obj.get("arch")
-    if found not in ARCHS:
+    if found not in backbone_names():
         raise SppdetError(f"{path}: checkpoint names unknown architecture {found!r}")
     if arch is not None and found != arch:
         raise SppdetError(
@@ -92,7 +109,7 @@ def save_backbone_checkpoint(
     example ``heads.FcHead``) or their state dict, saved with HEAD_PYRAMID, the pyramid of the
     pooled input fc6 was trained on.
     """
-    check_arch(arch)
+    backbone_spec(arch)  # refuses an unknown name
     features = trunk.features if isinstance(trunk, Trunk) else trunk
     head_state = None
     if head is not None:
@@ -120,26 +137,22 @@ def save_backbone_checkpoint(
     return path
 
 
-def _from_torchvision_state(state: Mapping[str, Any], arch: str, where: str) -> dict[str, Any]:
+def _is_torchvision_state(state: Mapping[str, Any]) -> bool:
+    """Whether STATE holds trunk entries of any registered torchvision classifier."""
+    return any(spec.torchvision.trunk_state(state) for spec in backbone_specs() if spec.torchvision)
+
+
+def from_torchvision_state(state: Mapping[str, Any], arch: str, where: str) -> dict[str, Any]:
     """A torchvision classifier state dict -> checkpoint record (trunk, fc6/fc7, pyramid)."""
-    if arch not in _TORCHVISION_FC:
+    source = backbone_spec(arch).torchvision
+    if source is None:
         raise SppdetError(f"{where}: a torchvision state dict cannot hold {arch} weights")
-    trunk = {
-        k[len("features.") :]: v
-        for k, v in state.items()
-        if k.startswith("features.") and int(k.split(".")[1]) < _TRUNK_DEPTH[arch]
-    }
-    fc6, fc7 = _TORCHVISION_FC[arch]
-    head = {}
-    for name, prefix in (("fc6", fc6), ("fc7", fc7)):
-        for part in ("weight", "bias"):
-            if f"{prefix}.{part}" in state:
-                head[f"{name}.{part}"] = state[f"{prefix}.{part}"]
+    head = source.head_state(state)
     return {
         "arch": arch,
-        "trunk": trunk,
-        "head": head if len(head) == 4 else None,
-        "head_pyramid": list(TORCHVISION_PYRAMID[arch]) if len(head) == 4 else None,
-        "preprocessing": TORCHVISION_PREPROCESSING,
+        "trunk": source.trunk_state(state),
+        "head": head,
+        "head_pyramid": list(source.head_pyramid) if head and source.head_pyramid else None,
+        "preprocessing": source.preprocessing,
         "source": where,
     }

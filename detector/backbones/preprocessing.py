@@ -1,4 +1,6 @@
-"""Preprocessing: split out of the former ``nets`` module."""
+"""How image pixels become network input: ``Preprocessing`` (per-channel mean and std, channel
+order, pixel range), recorded in checkpoints and fingerprints as a plain dict, and torchvision's
+ImageNet preprocessing, the one its classifiers' weights expect."""
 
 from __future__ import annotations
 

@@ -1,4 +1,16 @@
-"""Weights: split out of the former ``nets`` module."""
+"""A backbone with weights: ``load_backbone`` and ``describe_weights`` for ``--weights``.
+
+``--weights``:
+  * ``random``: the trunk's own deterministic initialisation (seed 0), for smoke runs and
+    ``pretrain``; the preprocessing is the one its registry entry declares.
+  * ``imagenet``: torchvision's weights API, the enum the backbone's registry entry names
+    (AlexNet_Weights, VGG16_Weights, ResNet50_Weights .IMAGENET1K_V1); needs the file in torch's
+    hub cache or a network connection. ZF-5 has no torchvision weights.
+  * ``PATH``: a backbone checkpoint or a torchvision state dict of the whole classifier
+    (``sppdet.detector.backbones.checkpoint``), loaded with ``torch.load(weights_only=True)``.
+
+``weights_id`` names the weights in fingerprints without building the network.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
 from sppdet.cache.fingerprint import file_hash
-from sppdet.detector.backbones.checkpoint import _from_torchvision_state, read_checkpoint
-from sppdet.detector.backbones.preprocessing import TORCHVISION_PREPROCESSING, Preprocessing
-from sppdet.detector.backbones.trunk import (
-    RANDOM_SEED,
-    ZF5_PREPROCESSING,
-    Trunk,
-    build_trunk,
-    check_arch,
+from sppdet.detector.backbones.checkpoint import from_torchvision_state, read_checkpoint
+from sppdet.detector.backbones.preprocessing import Preprocessing
+from sppdet.detector.backbones.registry import (
+    BackboneSpec,
+    TorchvisionSource,
+    backbone_spec,
+    backbone_specs,
 )
+from sppdet.detector.backbones.trunk import RANDOM_SEED, Trunk, build_trunk
 from sppdet.detector.core.errors import SppdetError
 
 
@@ -59,18 +70,15 @@ def weights_kind(weights: str) -> str:
     return weights if weights in ("imagenet", "random") else "file"
 
 
-def _imagenet_enum(arch: str):
-    if arch == "zf5":
+def _imagenet_source(spec: BackboneSpec) -> TorchvisionSource:
+    """The torchvision classifier behind ``--weights imagenet`` for SPEC, or a user error."""
+    if spec.torchvision is None:
+        others = "|".join(s.name for s in backbone_specs() if s.torchvision is not None)
         raise SppdetError(
-            "--weights imagenet: torchvision has no ZF-5 weights; train them with `sppdet "
-            "pretrain`, pass --weights PATH, or use --backbone alexnet|vgg16"
+            f"--weights imagenet: torchvision has no {spec.title} weights; train them with "
+            f"`sppdet pretrain`, pass --weights PATH, or use --backbone {others}"
         )
-    enum = (
-        torchvision.models.AlexNet_Weights
-        if arch == "alexnet"
-        else torchvision.models.VGG16_Weights
-    )
-    return enum.IMAGENET1K_V1
+    return spec.torchvision
 
 
 def describe_weights(arch: str, weights: str) -> tuple[str, Preprocessing]:
@@ -78,29 +86,29 @@ def describe_weights(arch: str, weights: str) -> tuple[str, Preprocessing]:
 
     For a file this reads the checkpoint (to learn its preprocessing) and hashes its bytes.
     """
-    check_arch(arch)
+    spec = backbone_spec(arch)
     kind = weights_kind(weights)
     if kind == "random":
-        pre = ZF5_PREPROCESSING if arch == "zf5" else TORCHVISION_PREPROCESSING
-        return f"random:seed{RANDOM_SEED}", pre
+        return f"random:seed{RANDOM_SEED}", spec.preprocessing
     if kind == "imagenet":
-        return f"imagenet:{_imagenet_enum(arch)!r}", TORCHVISION_PREPROCESSING
+        source = _imagenet_source(spec)
+        return f"imagenet:{source.weights_enum()!r}", source.preprocessing
     record = read_checkpoint(weights, arch)
     return f"file:{file_hash(weights)}", record["preprocessing"]
 
 
 def load_backbone(arch: str, weights: str = "random") -> Backbone:
     """The backbone ARCH with WEIGHTS = ``random`` | ``imagenet`` | PATH (see module doc)."""
-    check_arch(arch)
+    spec = backbone_spec(arch)
     kind = weights_kind(weights)
     trunk = build_trunk(arch)
     if kind == "random":
         weights_id, pre = describe_weights(arch, weights)
         return Backbone(arch, trunk, pre, weights_id, source="random initialisation")
     if kind == "imagenet":
-        enum = _imagenet_enum(arch)
+        enum = _imagenet_source(spec).weights_enum()
         state = _download_imagenet(enum)
-        record = _from_torchvision_state(state, arch, f"torchvision {enum!r}")
+        record = from_torchvision_state(state, arch, f"torchvision {enum!r}")
         weights_id = f"imagenet:{enum!r}"
     else:
         record = read_checkpoint(weights, arch)

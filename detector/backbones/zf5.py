@@ -1,4 +1,7 @@
-"""Zf5: split out of the former ``nets`` module."""
+"""ZF-5, the paper's backbone (Zeiler & Fergus's 5-conv net as in the released SPP_net model),
+defined in code: conv1..relu5 with Caffe's within-channel LRN and ceil-mode pooling, its
+preprocessing, and its registry entry. Torchvision has no ZF-5 weights: ``--weights random`` or a
+checkpoint (``sppdet pretrain`` makes one)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sppdet.detector.backbones.preprocessing import Preprocessing
+from sppdet.detector.backbones.registry import BackboneSpec
+
 LRN_ALPHA = 5e-5  # released ZF-5: within-channel LRN, local size 3
 
 
@@ -15,6 +21,10 @@ LRN_BETA = 0.75
 
 
 LRN_SIZE = 3
+
+
+# The released ZF-5 model: BGR, 0-255, scalar mean 128 (paper Appendix A for VOC), no scaling.
+ZF5_PREPROCESSING = Preprocessing((128.0, 128.0, 128.0), (1.0, 1.0, 1.0), "BGR", 255.0)
 
 
 class WithinChannelLRN(nn.Module):
@@ -58,3 +68,26 @@ def zf5_features() -> nn.Sequential:
             ]
         )
     )
+
+
+def random_zf5_features() -> nn.Sequential:
+    """ZF-5 with Kaiming-normal convolutions and zero biases, drawn from the global generator."""
+    features = zf5_features()
+    for layer in features:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return features
+
+
+SPEC = BackboneSpec(
+    name="zf5",
+    title="ZF-5",
+    description="ZF-5 conv1-conv5, the paper's",
+    build_features=random_zf5_features,
+    # conv1, pool1, conv2, pool2, conv3, conv4, conv5 as in zf5_features
+    layers=((7, 2, 1), (3, 2, 0), (5, 2, 0), (3, 2, 0), (3, 1, 1), (3, 1, 1), (3, 1, 1)),
+    channels=256,
+    preprocessing=ZF5_PREPROCESSING,
+    input_size=224,
+)

@@ -26,19 +26,30 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(inter > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    classes: np.ndarray | None = None,
+) -> np.ndarray:
     """Indices of the boxes kept by greedy NMS, highest score first.
 
-    A box is suppressed when its IoU with a kept box is > iou_threshold. Shifting x2, y2 by +1
-    turns torchvision's continuous-coordinate IoU into the devkit's +1 IoU exactly.
+    A box is suppressed when its IoU with a kept box is > iou_threshold. With CLASSES ([N] ints),
+    only boxes of the same class suppress each other (one batched call for all classes). The
+    one place that runs torchvision's NMS: it measures IoU in continuous coordinates, and shifting
+    x2, y2 by +1 turns that into the devkit's inclusive-pixel IoU exactly (in float64).
     """
     if len(boxes) == 0:
         return np.zeros((0,), np.int64)
     shifted = torch.as_tensor(np.asarray(boxes, np.float64)).clone()
     shifted[:, 2:] += 1
-    keep = torchvision.ops.nms(
-        shifted, torch.as_tensor(np.asarray(scores, np.float64)), iou_threshold
-    )
+    weights = torch.as_tensor(np.asarray(scores, np.float64))
+    if classes is None:
+        keep = torchvision.ops.nms(shifted, weights, iou_threshold)
+    else:
+        keep = torchvision.ops.batched_nms(
+            shifted, weights, torch.as_tensor(np.asarray(classes)), iou_threshold
+        )
     return keep.numpy()
 
 

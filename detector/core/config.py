@@ -1,15 +1,18 @@
 """Every constant of the pipeline, named once, grouped per stage, with presets.
 
 Defaults follow the released SPP-net code where it differs from the paper (SPEC.md); the ``paper``
-preset picks the paper's values and ``quick-cpu`` a set that finishes on two CPU cores. The CLI
-builds a ``PipelineConfig`` from a preset and applies its own overrides with ``override``.
+preset picks the paper's values, ``quick-cpu`` a set that finishes on two CPU cores and ``demo``
+quick-cpu with the shorter fine-tuning of ``sppdet demo``. The CLI builds a ``PipelineConfig``
+from a preset and applies its own overrides with ``override``; ``section_from_dict`` rebuilds a
+section from the dict a stage recorded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sppdet.detector.core.errors import SppdetError
 
@@ -17,10 +20,12 @@ PAPER_SCALES_5 = (480, 576, 688, 864, 1200)
 RELEASED_SCALES_5 = (480, 576, 688, 874, 1200)
 SINGLE_SCALE = (688,)
 
+S = TypeVar("S")  # a config section's class
+
 
 @dataclass(frozen=True)
 class ProposalConfig:
-    method: str = "ss-fast"  # ss-fast | ss-quality | edgeboxes | ss+eb
+    method: str = "ss-fast"  # a name in sppdet.proposals.methods.METHODS
     max_boxes: int = 2000
     min_side: int = 20  # R-CNN filter: drop boxes narrower or shorter than this (pixels)
     # Selective Search works on a downscaled copy: the longer side is capped for speed.
@@ -64,7 +69,7 @@ class FeatureConfig:
     dtype: str = "float16"
     flip: bool = False
     device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast of the trunk (nets.autocast)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast of the trunk (core.device.autocast)
     shard_size: int = 4
 
 
@@ -79,8 +84,6 @@ class SppConfig:
     window_mapping: str = "released"  # released | paper
 
 
-# R-CNN's warp size per trunk: 227 for AlexNet as in R-CNN, 224 (the trunk's design size) else.
-RCNN_WARP_SIZE = {"zf5": 224, "alexnet": 227, "vgg16": 224}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -90,9 +93,9 @@ class RcnnConfig:
     the trunk's input size and run through the whole trunk (R-CNN, Girshick et al. 2014)."""
 
     context_padding: int = 16  # pixels of warped context around the window (R-CNN's padding)
-    warp_size: int | None = None  # None: RCNN_WARP_SIZE of the backbone
+    warp_size: int | None = None  # None: the backbone's input size (227 for AlexNet, as R-CNN)
     batch_windows: int = 64  # warped windows per forward pass: bounds activation memory
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the trunk (see nets.autocast)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the trunk (core.device.autocast)
     dtype: str = "float16"  # stored pool5 features
     shard_size: int = 4
 
@@ -132,6 +135,11 @@ class FinetuneConfig:
     seed: int = 0
 
 
+# Windows sampled to estimate the input scale of a randomly initialised fc6. Not a FinetuneConfig
+# field: that section's fields make the model's fingerprint, which must stay what it was.
+RANDOM_FC6_NORM_SAMPLE_WINDOWS = 2_000
+
+
 @dataclass(frozen=True)
 class SvmConfig:
     layer: str = "fc7"  # pool5 | fc6 | fc7
@@ -157,6 +165,11 @@ class BboxConfig:
     ridge_lambda: float = 4000.0
     max_samples_per_image: int = 32  # bounds the float16 sample matrix on VOC-sized data
     seed: int = 0
+
+
+# Pool5 samples the regressors' feature scale is estimated on. Not a BboxConfig field: that
+# section's fields make the model's fingerprint, which must stay what it was.
+BBOX_NORM_SAMPLE_WINDOWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -203,6 +216,15 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class DemoConfig:
+    """``sppdet demo``: its synthetic data set (small images of coloured shapes, so every stage
+    fits in minutes on 2 cores) and how many of the test images it draws."""
+
+    images: int = 80
+    drawings: int = 6
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     preset: str = "released"
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
@@ -216,6 +238,7 @@ class PipelineConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     rcnn: RcnnConfig = field(default_factory=RcnnConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 def _released() -> PipelineConfig:
@@ -254,7 +277,22 @@ def _quick_cpu() -> PipelineConfig:
     )
 
 
-PRESETS = {"released": _released, "paper": _paper, "quick-cpu": _quick_cpu}
+DEMO_ITERATIONS = 300  # fine-tuning batches: keeps the demo within 10 minutes on 2 cores
+
+
+def _demo() -> PipelineConfig:
+    """quick-cpu with a shorter fine-tuning (the lr drops once, three quarters of the way), sized
+    for ``sppdet demo``'s small synthetic images."""
+    base = dataclasses.replace(_quick_cpu(), preset="demo")
+    return dataclasses.replace(
+        base,
+        finetune=dataclasses.replace(
+            base.finetune, iterations=DEMO_ITERATIONS, lr_steps=(DEMO_ITERATIONS * 3 // 4,)
+        ),
+    )
+
+
+PRESETS = {"released": _released, "paper": _paper, "quick-cpu": _quick_cpu, "demo": _demo}
 
 
 def preset(name: str) -> PipelineConfig:
@@ -276,6 +314,17 @@ def override(section: Any, **changes: Any) -> Any:
 def as_dict(section: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config section (tuples become lists), for fingerprints and logs."""
     return json_ready(dataclasses.asdict(section))
+
+
+def section_from_dict(cls: type[S], values: Mapping[str, Any], where: str, fix: str) -> S:
+    """Config section CLS rebuilt from a recorded dict VALUES (lists back to tuples); keys it
+    lacks keep their defaults. A key CLS does not have (a setting renamed or removed since it was
+    recorded) is refused, naming WHERE the dict came from and the FIX, not silently dropped."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SppdetError(f"{where}: unknown {cls.__name__} settings {', '.join(unknown)}; {fix}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def json_ready(value: Any) -> Any:

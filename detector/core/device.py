@@ -1,4 +1,6 @@
-"""Device: split out of the former ``nets`` module."""
+"""Where and in what precision the networks run: ``--device`` resolution (auto, cpu, cuda), the
+channels-last input layout that matches a trunk put on a GPU by
+``sppdet.detector.backbones.trunk.to_device``, and ``--precision`` autocast (fp32, bf16, fp16)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""sppdet.detector.data: records, VOC and COCO readers, images (read, draw), synthetic VOC."""

@@ -1,4 +1,8 @@
-"""Coco: split out of the former ``data`` module."""
+"""COCO instances JSON read into a ``Dataset`` with pycocotools.
+
+COCO boxes are [x, y, w, h] in continuous coordinates and become 0-based inclusive pixel boxes;
+crowd objects are kept as difficult, so VOC-style scoring counts them as neither hit nor miss.
+"""
 
 from __future__ import annotations
 

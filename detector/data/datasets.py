@@ -1,4 +1,6 @@
-"""Datasets: split out of the former ``data`` module."""
+"""Which dataset ``--data`` names: a VOC tree (a folder) or a COCO JSON (a ``.json`` file), and the
+``--classes`` option.
+"""
 
 from __future__ import annotations
 

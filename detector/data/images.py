@@ -1,4 +1,9 @@
-"""Images: split out of the former ``data`` module."""
+"""Image decoding: ``read_image`` is the one way every stage turns an image file into pixels.
+
+Every stage sees the same pixels: 8-bit RGB, three channels (grey is replicated, alpha dropped,
+CMYK converted), with the EXIF orientation applied, as a browser or an annotation tool shows the
+photo. The dataset's boxes are taken to refer to that upright view.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
-"""Dataset records: PASCAL VOC trees and COCO JSON, read into one in-memory record type.
+"""Dataset records: one in-memory type for the images and ground truth of a split, whatever its
+format (``voc``, ``coco``).
 
 Boxes are float32 [N, 4] x1 y1 x2 y2 in 0-based pixel indices, both ends inclusive (VOC's 1-based
-annotation minus one). They become 1-based only when written to VOC results files.
-
-Images are decoded by ``read_image`` alone, so every stage sees the same pixels: 8-bit RGB, three
-channels (grey is replicated, alpha dropped, CMYK converted), with the EXIF orientation applied, as
-a browser or an annotation tool shows the photo. The dataset's boxes are taken to refer to that
-upright view.
+annotation minus one). They become 1-based only when written to VOC results files. The boxes refer
+to the upright view of the image that ``sppdet.detector.data.images.read_image`` decodes.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ object; an object with less than ``DIFFICULT_VISIBLE`` of its pixels visible, or
 annotated at all. Everything is a function of the seed: image i comes from the generator seeded
 with (seed, i), so a dataset's first images do not change when more images are asked for.
 
-``synthetic_detections`` makes stand-in detections for an evaluator exercise: jittered copies
-of the ground truth, duplicates, wrong labels and random false positives, with scores that rank
-better boxes higher on average. They are not the output of any detector.
+``render_image`` draws one image and its objects; ``make_synthetic_voc`` writes a whole VOC tree
+(JPEGs, annotation XML, split lists) and marks the folder with ``MARKER`` so that a rerun may
+replace it. Stand-in detections for trying the evaluator are made in
+``sppdet.detector.evaluation.synthetic``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Voc: split out of the former ``data`` module."""
+"""PASCAL VOC trees: the split lists, annotation XML and image files of a VOC root, read into a
+``Dataset``.
+
+The root is the folder that holds Annotations/ and ImageSets/Main/ (or its VOC2007/ subfolder).
+Annotation XML is parsed with DTDs refused, and VOC's 1-based inclusive boxes become 0-based;
+objects outside the chosen classes are ignored, as the devkit does for other challenges.
+"""
 
 from __future__ import annotations
 

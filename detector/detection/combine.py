@@ -1,25 +1,34 @@
-"""Combine: split out of the former ``detect`` module."""
+"""The ``combine`` stage: model combination (paper §4.4) over several work folders' detections.
+
+Every folder must have run ``detect`` on the same split with models of the same classes; the
+union of their stored candidates goes through the same per-class NMS and top-k as one model's
+(``stage.finish``), each survivor keeping its own model's regressed box.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.shards import ShardedStore
 from sppdet.cache.workdir import WorkDir
-from sppdet.detector.core.config import (
-    DetectConfig,
-    as_dict,
-)
+from sppdet.detector.core.config import DetectConfig, as_dict
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.records import Dataset
-from sppdet.detector.detection.stage import CANDIDATES_KIND, finish
+from sppdet.detector.detection.stage import CANDIDATES_KIND, DetectResult, finish
+
+
+@dataclass(frozen=True)
+class CombineResult(DetectResult):
+    """``DetectResult`` of the combination, and the fingerprint of what it combined."""
+
+    fingerprint: str
 
 
 def run_combine(
     works: list[WorkDir], dataset: Dataset, cfg: DetectConfig, out: Path
-) -> dict[str, Any]:
+) -> CombineResult:
     """Model combination: NMS over the union of several work folders' candidates (§4.4)."""
     if len(works) < 2:
         raise SppdetError("combine needs at least two --work folders")
@@ -43,8 +52,4 @@ def run_combine(
     detections = finish(stores, dataset, cfg, out)
     for store in stores:
         store.close()
-    return {
-        "out": str(out),
-        "fingerprint": fp,
-        "detections": {k: len(v) for k, v in detections.items()},
-    }
+    return CombineResult(out, {k: len(v) for k, v in detections.items()}, fp)

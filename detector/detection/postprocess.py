@@ -2,10 +2,10 @@
 
 Scoring produces, per image, candidates: (window box, class, score, regressed box) for every
 window-class pair scoring above the threshold (-1.5). NMS runs on the window boxes (IoU > 0.3
-suppresses, devkit +1 convention); the survivors, at most 100 per class, report their regressed
-box, which is the released code's order (regress the boxes kept by NMS). Model combination (paper
-§4.4) is the same NMS over the union of two models' candidates, each survivor keeping its own
-model's regressed box.
+suppresses, devkit +1 convention: ``core.boxes.nms``); the survivors, at most 100 per class,
+report their regressed box, which is the released code's order (regress the boxes kept by NMS).
+Model combination (paper §4.4) is the same NMS over the union of two models' candidates, each
+survivor keeping its own model's regressed box.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torchvision
 
+from sppdet.detector.core.boxes import nms
 from sppdet.detector.core.config import DetectConfig
 
 
@@ -70,16 +69,9 @@ def select(candidates: Candidates, cfg: DetectConfig) -> Candidates:
     """
     if len(candidates) == 0:
         return candidates
-    shifted = torch.as_tensor(candidates.windows, dtype=torch.float64).clone()
-    shifted[:, 2:] += 1  # devkit +1 convention, exact in continuous coordinates
-    keep = torchvision.ops.batched_nms(
-        shifted,
-        torch.as_tensor(candidates.scores, dtype=torch.float64),
-        torch.as_tensor(candidates.labels),
-        cfg.nms_iou,
-    ).numpy()
+    keep = nms(candidates.windows, candidates.scores, cfg.nms_iou, classes=candidates.labels)
     kept = candidates.take(keep)
-    # batched_nms returns descending score; a stable sort by class keeps that order inside a class.
+    # NMS returns descending score; a stable sort by class keeps that order inside a class.
     order = np.argsort(kept.labels, kind="stable")
     kept = kept.take(order)
     rank = np.arange(len(kept)) - np.searchsorted(kept.labels, kept.labels, side="left")

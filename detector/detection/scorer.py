@@ -1,4 +1,11 @@
-"""Scorer: split out of the former ``detect`` module."""
+"""Scoring windows with a trained model: the ``Detector`` and the candidates of one image.
+
+A ``Detector`` holds one work folder's heads (the fc6/fc7 features the SVMs were trained on, the
+SVMs and, optionally, the box regressors). ``image_candidates`` pools an image's proposals from
+the feature cache in chunks and keeps every (window, class) scoring above the threshold (-1.5),
+with its regressed box clipped to the image. ``detector_fingerprint`` is what the detections of
+a split are made from.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.heads.svm import LinearScorer
 from sppdet.detector.training.bbox import load_bbox
 from sppdet.detector.training.inputs import (
+    FEATURE_CHUNK,
     MADE_BY,
     SplitInputs,
     model_name,
@@ -60,6 +68,18 @@ def load_detector(work: WorkDir, inputs: SplitInputs, cfg: DetectConfig, bbox: b
     head = feature_head(work, inputs, svm["layer"], svm["finetuned"])
     regressor, bbox_scale = load_bbox(work, inputs) if bbox else (None, 1.0)
     return Detector(head, svm["layer"], scorer, float(svm["scale"]), regressor, bbox_scale, cfg)
+
+
+def image_candidates(inputs: SplitInputs, detector: Detector, image_id: str) -> Candidates:
+    """The candidates of every proposal of IMAGE_ID, pooled and scored FEATURE_CHUNK at a time."""
+    boxes = inputs.proposals(image_id)
+    record_size = inputs.cache.image_info(image_id)
+    parts = []
+    for start in range(0, len(boxes), FEATURE_CHUNK):
+        chunk = boxes[start : start + FEATURE_CHUNK]
+        pooled = inputs.cache.pooled(image_id, chunk)
+        parts.append(detector.candidates(pooled, chunk, record_size.width, record_size.height))
+    return Candidates.concatenate(parts)
 
 
 def detector_fingerprint(

@@ -1,15 +1,17 @@
-"""The test stages: detect (score, regress, NMS, write results) and combine (paper §4.4).
+"""The ``detect`` stage: every proposal of a split scored, NMS, written as VOC and COCO results.
 
-``detect`` scores every proposal of every image with every class SVM, on the features of the
-window's best scale, keeps scores above -1.5, regresses those boxes and stores them per image as
-*candidates* in WORK/detections/<split>/candidates (a sharded store, so detect resumes after an
-interrupt and ``combine`` can take the union of two models' candidates). Per-class NMS at 0.3 and
-the top 100 per class then give the detections, written as VOC results files and COCO JSON.
+``run_detect`` scores each image's proposals with the work folder's ``Detector`` (scorer.py) and
+stores the candidates per image in WORK/detections/<split>/candidates, a sharded store, so detect
+resumes after an interrupt and ``combine`` can take the union of two models' candidates. Shards
+run in this process or as Ray tasks (``detect_shard``, which reopen the split from
+``detect_settings``). ``finish`` then applies per-class NMS at 0.3 and the top 100 per class
+(postprocess.py) and writes the VOC results files and COCO JSON.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,16 @@ from sppdet.detector.core.parallel import Executor, map_shards
 from sppdet.detector.core.progress import progress_bar
 from sppdet.detector.data.records import Dataset
 from sppdet.detector.detection.postprocess import Candidates, select
-from sppdet.detector.detection.scorer import Detector, detector_fingerprint, load_detector
+from sppdet.detector.detection.scorer import (
+    Detector,
+    detector_fingerprint,
+    image_candidates,
+    load_detector,
+)
 from sppdet.detector.evaluation.coco import write_coco_results
 from sppdet.detector.evaluation.results import write_voc_results
 from sppdet.detector.evaluation.voc import ClassDetections
-from sppdet.detector.training.inputs import (
-    FEATURE_CHUNK,
-    SplitInputs,
-    open_split,
-)
+from sppdet.detector.training.inputs import SplitInputs, open_split
 
 CANDIDATES_KIND = "candidates"
 
@@ -43,15 +46,12 @@ CANDIDATES_KIND = "candidates"
 CANDIDATE_FIELDS = ("windows", "boxes", "scores", "labels")
 
 
-def _image_candidates(inputs: SplitInputs, detector: Detector, image_id: str) -> Candidates:
-    boxes = inputs.proposals(image_id)
-    record_size = inputs.cache.image_info(image_id)
-    parts = []
-    for start in range(0, len(boxes), FEATURE_CHUNK):
-        chunk = boxes[start : start + FEATURE_CHUNK]
-        pooled = inputs.cache.pooled(image_id, chunk)
-        parts.append(detector.candidates(pooled, chunk, record_size.width, record_size.height))
-    return Candidates.concatenate(parts)
+@dataclass(frozen=True)
+class DetectResult:
+    """Where ``run_detect`` wrote the results of a split, and its detections per class."""
+
+    out: Path
+    detections: dict[str, int]
 
 
 def run_detect(
@@ -63,7 +63,7 @@ def run_detect(
     force: bool = False,
     executor: Executor | None = None,
     data: str | Path | None = None,
-) -> dict[str, Any]:
+) -> DetectResult:
     """Detect on every image of the split; returns the output folder and detection counts.
 
     EXECUTOR runs the candidates' shards: local (default) in this process, or Ray, whose tasks
@@ -87,7 +87,7 @@ def run_detect(
         8,
         force=force,
     )
-    work.record_stage(f"detect:{split}", {"detect": as_dict(cfg), "bbox": bbox})
+    work.record("detect", split, {"detect": as_dict(cfg), "bbox": bbox})
     pending = store.pending_shards()
     todo = sum(len(store.shard_image_ids(k)) for k in pending)
     with progress_bar(todo, f"detect {split}") as bar:
@@ -113,7 +113,7 @@ def run_detect(
     out = out or work.detections(inputs.results_name)
     detections = finish([store], inputs.dataset, cfg, out)
     store.close()
-    return {"out": str(out), "detections": {k: len(v) for k, v in detections.items()}}
+    return DetectResult(out, {k: len(v) for k, v in detections.items()})
 
 
 def _write_candidates(
@@ -124,7 +124,7 @@ def _write_candidates(
     on_image: Callable[[], None] | None = None,
 ) -> None:
     for image_id in image_ids:
-        cands = _image_candidates(inputs, detector, image_id)
+        cands = image_candidates(inputs, detector, image_id)
         for name in CANDIDATE_FIELDS:
             writer.put(image_id, name, getattr(cands, name))
         if on_image is not None:

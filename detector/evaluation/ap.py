@@ -1,4 +1,31 @@
-"""Ap: split out of the former ``evaluate`` module."""
+"""The PASCAL VOC devkit's numerics (``VOCevaldet.m``, ``VOCap.m`` of the VOC 2007 devkit):
+IoU, the matching of one class's detections to ground truth, precision/recall and AP.
+
+- IoU with the +1 pixel convention, computed with the devkit's operations in the devkit's order.
+- Detections are sorted by descending score, stable: ties keep their input order.
+- A detection is matched to the ground-truth box of highest IoU in its image (the first such box
+  on a tie); the match counts when IoU >= the threshold (0.5, inclusive). Matched to a difficult
+  box: neither TP nor FP. Matched to a box already taken by a higher-scored detection: FP, even
+  when another box with IoU >= 0.5 is free (the devkit looks at the best box only).
+- VOC 2007 AP: the mean over t = k/10, k = 0..10, of the highest precision at recall >= t (0 when
+  recall never reaches t), summed in the devkit's order (so a perfect class scores
+  1.0000000000000002, as in MATLAB). VOC 2010 AP: area under the monotone precision envelope.
+  Note: MATLAB's ``0:0.1:1`` makes the fourth threshold 3*0.1 = 0.30000000000000004, so the
+  MATLAB devkit itself skips a recall of exactly 3/10 at t = 0.3. SPEC.md fixes t = k/10, which
+  is followed here; the two differ only when recall is exactly 0.3 (npos a multiple of 10) and
+  the precision there beats every later one.
+
+Matching is vectorised per class: every (detection, box of the same image) pair gets its IoU in
+one pass, each detection keeps its best box, and a detection is a TP when it is the first (in score
+order) to claim a non-difficult box. This is the devkit's greedy loop, because the best box of a
+detection does not depend on earlier matches.
+
+Detections matched to difficult boxes are dropped from the precision/recall sequence. That gives
+exactly the devkit's AP: such an entry repeats the previous (recall, precision) pair, or is 0/0 =
+NaN before the first TP/FP, which MATLAB's ``max`` skips. One exception: when every detection of
+a class lands on a difficult box, MATLAB's max over all-NaN makes the devkit's VOC07 AP NaN;
+here it is 0 (no true positive).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +34,7 @@ import numpy as np
 from sppdet.detector.core.config import EvalConfig
 
 _PAIR_CHUNK = 4_000_000  # (detection, box) pairs per IoU block: bounds memory on crowded images
+VOC07_THRESHOLDS = np.arange(11) / 10  # exactly k/10; np.arange(0, 1.1, 0.1) misses 0.3, 0.6, 0.7
 
 
 def average_precision_voc07(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -116,6 +144,3 @@ def precision_recall(outcome: np.ndarray, npos: int) -> tuple[np.ndarray, np.nda
     fp = np.cumsum(counted == 0, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return tp / npos, tp / (fp + tp)
-
-
-VOC07_THRESHOLDS = np.arange(11) / 10  # exactly k/10; np.arange(0, 1.1, 0.1) misses 0.3, 0.6, 0.7

@@ -1,4 +1,10 @@
-"""Coco: split out of the former ``evaluate`` module."""
+"""COCO AP of detections with pycocotools' COCOeval: a dataset as COCO ground truth, detections
+as a COCO results JSON, and the ``evaluate --coco`` stage.
+
+Boxes convert between the in-memory 0-based inclusive pixel boxes and COCO's [x, y, w, h] with
+w = x2 - x1 + 1, so COCO's continuous IoU equals the +1-pixel IoU of the VOC devkit. Difficult
+boxes become ``iscrowd`` annotations, which COCOeval ignores.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.records import Dataset
 from sppdet.detector.evaluation.voc import Detections
+
+COCO_STATS = 12  # length of COCOeval.stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, ...)
 
 
 def dataset_to_coco(dataset: Dataset) -> dict[str, Any]:
@@ -164,29 +172,63 @@ def evaluate_coco(
     ``dataset_to_coco``: category ids 1..K in class order; results may name images by their VOC
     id string or, for all-digit ids, by the integer).
     """
-    from pycocotools.cocoeval import COCOeval
-
     results_json = Path(results_json)
     entries = _read_coco_results(results_json)
     data = Path(data)
     dataset = load_dataset(data, split, classes)
-    if data.suffix.lower() == ".json":
-        gt = json.loads(data.read_text())
-        for ann in gt.get("annotations", []):  # COCOeval needs an area; older exports omit it
-            ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
-        id_of = {str(img["id"]): img["id"] for img in gt["images"]}
-    else:
-        gt = dataset_to_coco(dataset)
-        id_of = {img["voc_id"]: img["id"] for img in gt["images"]}
+    gt, id_of = _ground_truth(data, dataset)
     by_name = {c["name"]: c["id"] for c in gt["categories"]}
     absent = [n for n in dataset.classes if n not in by_name]
     if absent:
         raise SppdetError(f"{data}: no category named {absent[0]!r}; check --classes")
-    int_ids: dict[int, list[Any]] = {}
+    category_ids = [by_name[n] for n in dataset.classes]
+    detections = _dataset_detections(entries, id_of, by_name, category_ids, results_json)
+    gt_coco = _quiet_coco(gt)
+    crowd = {a["id"]: bool(a.get("iscrowd", 0)) for a in gt["annotations"]}
+    npos = {
+        name: sum(not crowd[i] for i in gt_coco.getAnnIds(catIds=[cid]))
+        for name, cid in zip(dataset.classes, category_ids, strict=True)
+    }
+    if not detections:
+        ap = {n: (0.0 if npos[n] else None) for n in dataset.classes}
+        return CocoEvaluation([0.0] * COCO_STATS, ap, npos, 0, "", ["no detections: every AP is 0"])
+    evaluator, summary = _run_cocoeval(gt_coco, detections, category_ids)
+    ap, notes = _class_ap(evaluator, dataset.classes)
+    return CocoEvaluation(
+        stats=[float(s) for s in evaluator.stats],
+        ap=ap,
+        npos=npos,
+        detections=len(detections),
+        summary=summary,
+        notes=notes,
+    )
+
+
+def _ground_truth(data: Path, dataset: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The COCO ground truth of DATA, and its image ids by the names results may use for them:
+    the id's string (COCO json) or the VOC image id (a VOC tree)."""
+    if data.suffix.lower() == ".json":
+        gt = json.loads(data.read_text())
+        for ann in gt.get("annotations", []):  # COCOeval needs an area; older exports omit it
+            ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
+        return gt, {str(img["id"]): img["id"] for img in gt["images"]}
+    gt = dataset_to_coco(dataset)
+    return gt, {img["voc_id"]: img["id"] for img in gt["images"]}
+
+
+def _dataset_detections(
+    entries: list[dict[str, Any]],
+    id_of: Mapping[str, Any],
+    by_name: Mapping[str, int],
+    category_ids: Sequence[int],
+    path: Path,
+) -> list[dict[str, Any]]:
+    """ENTRIES with the ground truth's image ids, those of categories left out by --classes
+    dropped; an unknown image or category is an error naming the entry."""
+    int_ids: dict[int, list[Any]] = {}  # a result may give an all-digit image name as a number
     for key, value in id_of.items():
         if key.isdigit():
             int_ids.setdefault(int(key), []).append(value)
-    category_ids = [by_name[n] for n in dataset.classes]
     detections = []
     for n, e in enumerate(entries):
         raw = e["image_id"]
@@ -195,29 +237,27 @@ def evaluate_coco(
             found = found[0] if len(found) == 1 else None
         if found is None:
             raise SppdetError(
-                f"{results_json}: entry {n}: image id {raw!r} is not in the dataset; check "
+                f"{path}: entry {n}: image id {raw!r} is not in the dataset; check "
                 "--data and --split"
             )
         if e["category_id"] not in category_ids:
             if e["category_id"] in by_name.values():
                 continue  # a category left out by --classes
             raise SppdetError(
-                f"{results_json}: entry {n}: category_id {e['category_id']!r} is not one of the "
+                f"{path}: entry {n}: category_id {e['category_id']!r} is not one of the "
                 f"dataset's categories {sorted(by_name.values())}"
             )
         detections.append({**e, "image_id": found})
+    return detections
 
-    gt_coco = _quiet_coco(gt)
-    crowd = {a["id"]: bool(a.get("iscrowd", 0)) for a in gt["annotations"]}
-    npos = {
-        name: sum(not crowd[i] for i in gt_coco.getAnnIds(catIds=[cid]))
-        for name, cid in zip(dataset.classes, category_ids, strict=True)
-    }
-    notes = []
-    if not detections:
-        notes.append("no detections: every AP is 0")
-        ap = {n: (0.0 if npos[n] else None) for n in dataset.classes}
-        return CocoEvaluation([0.0] * 12, ap, npos, 0, "", notes)
+
+def _run_cocoeval(
+    gt_coco: Any, detections: list[dict[str, Any]], category_ids: Sequence[int]
+) -> tuple[Any, str]:
+    """COCOeval (bbox) of DETECTIONS over CATEGORY_IDS, accumulated and summarised; the
+    evaluator and its printed summary."""
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and timings
         dt_coco = gt_coco.loadRes(detections)
         evaluator = COCOeval(gt_coco, dt_coco, "bbox")
@@ -226,19 +266,19 @@ def evaluate_coco(
         evaluator.accumulate()
     with contextlib.redirect_stdout(io.StringIO()) as captured:
         evaluator.summarize()
+    return evaluator, captured.getvalue()
+
+
+def _class_ap(evaluator: Any, classes: Sequence[str]) -> tuple[dict[str, float | None], list[str]]:
+    """AP@[.5:.95] of each class (all areas, most detections), None without ground truth; and
+    the notes saying which classes have none."""
     # precision: [iou thresholds, recall points, categories, area ranges, max dets]
     precision = evaluator.eval["precision"][:, :, :, 0, -1]
-    ap = {}
-    for k, name in enumerate(dataset.classes):
+    ap: dict[str, float | None] = {}
+    notes = []
+    for k, name in enumerate(classes):
         valid = precision[:, :, k][precision[:, :, k] > -1]
         ap[name] = float(valid.mean()) if valid.size else None
         if ap[name] is None:
             notes.append(f"class {name!r} has no ground truth: AP undefined, left out of the mAP")
-    return CocoEvaluation(
-        stats=[float(s) for s in evaluator.stats],
-        ap=ap,
-        npos=npos,
-        detections=len(detections),
-        summary=captured.getvalue(),
-        notes=notes,
-    )
+    return ap, notes

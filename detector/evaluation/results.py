@@ -1,4 +1,11 @@
-"""Results: split out of the former ``evaluate`` module."""
+"""VOC results files, and the ``evaluate --voc2007/--voc2010`` stage that scores a folder of them.
+
+A results file ``<comp>_det_<split>_<class>.txt`` holds one line ``<image_id> <score> <x1> <y1>
+<x2> <y2>`` per detection, in 1-based pixels; in memory boxes are 0-based. Subtracting 1 from a
+1-based coordinate >= 1 is exact in binary floating point, so IoUs computed on 0-based boxes equal
+the devkit's bit for bit. Numbers are written in shortest round-trip form, so a file read back
+gives the same scores, boxes and score ties.
+"""
 
 from __future__ import annotations
 

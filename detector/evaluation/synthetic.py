@@ -1,4 +1,7 @@
-"""Synthetic: split out of the former ``synthetic`` module."""
+"""Stand-in detections for a synthetic VOC tree, and the ``synth`` stage that writes the tree with
+them: an exercise for the evaluators (jittered ground truth, duplicates, wrong labels, random
+false positives, tied scores), not a detector's output.
+"""
 
 from __future__ import annotations
 

@@ -1,39 +1,11 @@
-"""Detection scoring: PASCAL VOC AP with the official devkit's semantics, and COCO AP.
+"""PASCAL VOC evaluation with the official devkit's semantics (SPEC.md "PASCAL VOC 2007
+evaluation"): the detections of each class, and per-class AP and mAP against a dataset.
 
-VOC (``VOCevaldet.m`` of the VOC 2007 devkit, SPEC.md "PASCAL VOC 2007 evaluation"):
-- IoU with the +1 pixel convention, computed with the devkit's operations in the devkit's order.
-- A class's detections are sorted by descending score, stable: ties keep their input order.
-- A detection is matched to the ground-truth box of highest IoU in its image (the first such box
-  on a tie); the match counts when IoU >= 0.5 (inclusive).
-- Matched to a difficult box: neither TP nor FP. Difficult boxes are not counted in npos.
-- Matched to a box already taken by a higher-scored detection: FP, even when another box with
-  IoU >= 0.5 is free (the devkit looks at the best box only).
-- VOC 2007 AP: the mean over t = k/10, k = 0..10, of the highest precision at recall >= t (0 when
-  recall never reaches t), summed in the devkit's order (so a perfect class scores
-  1.0000000000000002, as in MATLAB). VOC 2010 AP: area under the monotone precision envelope.
-  Note: MATLAB's ``0:0.1:1`` makes the fourth threshold 3*0.1 = 0.30000000000000004, so the
-  MATLAB devkit itself skips a recall of exactly 3/10 at t = 0.3. SPEC.md fixes t = k/10, which
-  is followed here; the two differ only when recall is exactly 0.3 (npos a multiple of 10) and
-  the precision there beats every later one.
-- A class with npos > 0 scores by the rules above; without detections its AP is 0.
-  A class with npos == 0 has no defined AP (the devkit divides by zero and reports NaN): its AP is
-  None, it is left out of the mAP, and the evaluation notes say so.
-
-Detections matched to difficult boxes are dropped from the precision/recall sequence. That gives
-exactly the devkit's AP: such an entry repeats the previous (recall, precision) pair, or is 0/0 =
-NaN before the first TP/FP, which MATLAB's ``max`` skips. One exception: when every detection of
-a class lands on a difficult box, MATLAB's max over all-NaN makes the devkit's VOC07 AP NaN;
-here it is 0 (no true positive).
-
-Matching is vectorised per class: every (detection, box of the same image) pair gets its IoU in
-one pass, each detection keeps its best box, and a detection is a TP when it is the first (in score
-order) to claim a non-difficult box. This is the devkit's greedy loop, because the best box of a
-detection does not depend on earlier matches.
-
-Results files (``<comp>_det_<split>_<class>.txt``, one line ``<image_id> <score> <x1> <y1> <x2>
-<y2>`` per detection, 1-based pixels) are read and written here; in memory boxes are 0-based.
-Subtracting 1 from a 1-based coordinate >= 1 is exact in binary floating point, so IoUs computed
-on 0-based boxes equal the devkit's bit for bit.
+The matching and AP numerics are the devkit's (``evaluation.ap``); this module applies them
+class by class. Difficult boxes are not counted in a class's npos. A class with npos > 0 scores
+by the devkit's rules; without detections its AP is 0. A class with npos == 0 has no defined AP
+(the devkit divides by zero and reports NaN): its AP is None, it is left out of the mAP, and the
+evaluation notes say so. Results files are read and written by ``evaluation.results``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,16 @@
-"""Conv5: split out of the former ``featurize`` module."""
+"""One image's conv5 maps: decoded, resized to every cached scale, run through the trunk once each.
+
+For each image and scale s the image is resized so that its shorter side is s (INTER_AREA when
+shrinking, INTER_LINEAR when enlarging), the trunk runs once, and the conv5 map [C, h, w] comes
+back on the CPU in the storage dtype (float16 by default; max pooling later only selects values,
+so no accuracy is lost beyond the float16 rounding of each activation). With flip on, the
+mirrored resized image is run too.
+
+``max_size`` caps the longer side of every resized image: when s * max(H, W) / min(H, W) would
+exceed it, the image is resized so its longer side is ``max_size`` instead, and its shorter side,
+the *effective scale*, is smaller than s. The effective scale is stored per image and scale and is
+what the window mapping and both best-scale rules use, so windows stay aligned with the map.
+"""
 
 from __future__ import annotations
 
@@ -93,7 +105,7 @@ def compute_conv5(
     return [(name, m.cpu()) for name, m in maps]
 
 
-def _prefetch(
+def prefetch(
     pool: ThreadPoolExecutor,
     records: Sequence[ImageRecord],
     scales: Sequence[int],

@@ -25,10 +25,10 @@ import torch
 
 from sppdet.cache.shards import ShardedStore
 from sppdet.cache.workdir import WorkDir
-from sppdet.detector.core.config import FeatureConfig, SppConfig
+from sppdet.detector.core.config import FeatureConfig, SppConfig, section_from_dict
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.features.conv5 import conv5_name
-from sppdet.detector.features.writer import KIND, MADE_BY, feature_params
+from sppdet.detector.features.writer import KIND, MADE_BY, STAGE, feature_params
 from sppdet.detector.spp.bins import check_pyramid, pyramid_dim
 from sppdet.detector.spp.geometry import CellGeometry, boxes_to_cells, edge_shift, scale_factor
 from sppdet.detector.spp.pooler import WindowPooler
@@ -79,19 +79,20 @@ class ImageInfo:
 
 def spp_settings(work: WorkDir, split: str) -> SppConfig:
     """The SPP settings recorded by ``cache-features`` for SPLIT, else the defaults."""
-    recorded = work.settings().get(f"cache-features:{split}", {}).get("settings", {})
+    recorded = work.recorded(STAGE, split) or {}
     spp = recorded.get("spp")
     if not spp:
         return SppConfig()
-    known = {k: v for k, v in spp.items() if k in SppConfig.__dataclass_fields__}
-    return SppConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+    where = f"{work.settings_path} ({STAGE} on {split})"
+    fix = f"rerun `sppdet {STAGE} --split {split} --force` with this version of sppdet"
+    return section_from_dict(SppConfig, spp, where, fix)
 
 
 class FeatureCache:
     """Read access to one split's conv5 cache, with SPP pooling of windows."""
 
-    source = "spp"  # the kind of features (``sppdet.detector.features.rcnn.RcnnCache`` is "rcnn")
-    stage = "cache-features"  # its entry in settings.json
+    source = "spp"  # the kind of features (``rcnn_reader.RcnnCache`` is "rcnn")
+    stage = STAGE  # its entry in settings.json
     made_by = MADE_BY  # the command that builds it
 
     def __init__(self, store: ShardedStore, spp: SppConfig, cached_images: int = 1) -> None:
@@ -133,8 +134,6 @@ class FeatureCache:
         expected = feature_params(expect) if expect is not None else None
         store = ShardedStore.open(work.features(split), KIND, MADE_BY, expect_params=expected)
         return cls(store, spp if spp is not None else spp_settings(work, split))
-
-    # ------------------------------------------------------------------------------- images
 
     @property
     def image_ids(self) -> list[str]:
@@ -188,8 +187,6 @@ class FeatureCache:
             found = torch.from_numpy(self.store.get(image_id, conv5_name(scale_index, flipped)))
             self._maps[key] = found
         return found
-
-    # ------------------------------------------------------------------------------ windows
 
     def best_scale(self, image_id: str, boxes: np.ndarray) -> np.ndarray:
         """Scale index [N] of each window under the configured rule (spp.scale_rule)."""
@@ -269,8 +266,6 @@ class FeatureCache:
         which = np.searchsorted(needed, index)
         return self._pooler.pool(maps, cells, self.pyramid, map_index=which, out=out)
 
-    # -------------------------------------------------------------------------------- misc
-
     def close(self) -> None:
         self._maps.clear()
         self.store.close()
@@ -282,28 +277,69 @@ class FeatureCache:
         self.close()
 
 
-def cache_info(work: WorkDir | str | Path, split: str) -> dict[str, Any]:
-    """What ``sppdet cache-info`` prints: images, scales, sizes and the fingerprint."""
+@dataclass(frozen=True)
+class CacheInfo:
+    """What ``sppdet cache-info`` shows of a split's conv5 cache, complete or not."""
+
+    path: Path
+    images: int
+    images_cached: int  # images in the shards written so far
+    shards_done: int
+    shards_total: int
+    backbone: str
+    weights: str  # the weights' identity, as fingerprinted
+    scales: list[int]
+    max_size: int | None
+    dtype: str
+    flip: bool
+    preprocessing: dict[str, Any]
+    bytes_total: int
+    fingerprint: str
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.bytes_total / self.images_cached if self.images_cached else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``cache-info --json``)."""
+        return {
+            "path": str(self.path),
+            "images": self.images,
+            "images_cached": self.images_cached,
+            "shards": f"{self.shards_done}/{self.shards_total}",
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "scales": self.scales,
+            "max_size": self.max_size,
+            "dtype": self.dtype,
+            "flip": self.flip,
+            "preprocessing": self.preprocessing,
+            "bytes_total": self.bytes_total,
+            "bytes_per_image": self.bytes_per_image,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def cache_info(work: WorkDir | str | Path, split: str) -> CacheInfo:
+    """Images, scales, sizes and the fingerprint of WORK's conv5 cache of SPLIT."""
     work = work if isinstance(work, WorkDir) else WorkDir.at(work)
     store = ShardedStore.open(work.features(split), KIND, MADE_BY, require_complete=False)
     with store:
         done = [k for k in range(store.num_shards) if store.shard_path(k).exists()]
-        images_done = sum(len(store.shard_image_ids(k)) for k in done)
-        total = store.total_bytes()
         params = store.meta.params
-        return {
-            "path": str(store.root),
-            "images": len(store),
-            "images_cached": images_done,
-            "shards": f"{len(done)}/{store.num_shards}",
-            "backbone": params["backbone"],
-            "weights": params["weights"],
-            "scales": params["scales"],
-            "max_size": params["max_size"],
-            "dtype": params["dtype"],
-            "flip": params["flip"],
-            "preprocessing": params["preprocessing"],
-            "bytes_total": total,
-            "bytes_per_image": total / images_done if images_done else 0.0,
-            "fingerprint": store.meta.fingerprint,
-        }
+        return CacheInfo(
+            path=store.root,
+            images=len(store),
+            images_cached=sum(len(store.shard_image_ids(k)) for k in done),
+            shards_done=len(done),
+            shards_total=store.num_shards,
+            backbone=params["backbone"],
+            weights=params["weights"],
+            scales=params["scales"],
+            max_size=params["max_size"],
+            dtype=params["dtype"],
+            flip=params["flip"],
+            preprocessing=params["preprocessing"],
+            bytes_total=store.total_bytes(),
+            fingerprint=store.meta.fingerprint,
+        )

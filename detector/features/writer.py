@@ -1,14 +1,8 @@
-"""The cache-features stage: conv5 maps of every image at every scale, run once, stored compactly.
+"""The conv5 cache writer: conv5 maps of every image at every scale, run once, stored compactly.
 
-For each image and scale s the image is resized so that its shorter side is s (INTER_AREA when
-shrinking, INTER_LINEAR when enlarging), the trunk runs once, and the conv5 map [C, h, w] is
-stored (float16 by default; max pooling later only selects values, so no accuracy is lost beyond
-the float16 rounding of each activation). With flip on, the mirrored resized image is run too.
-
-``max_size`` caps the longer side of every resized image: when s * max(H, W) / min(H, W) would
-exceed it, the image is resized so its longer side is ``max_size`` instead, and its shorter side,
-the *effective scale*, is smaller than s. The effective scale is stored per image and scale and is
-what the window mapping and both best-scale rules use, so windows stay aligned with the map.
+The maps of one image are computed by ``sppdet.detector.features.conv5`` (resizing, the size cap
+and the effective scale are described there) and read back, pooled, by
+``sppdet.detector.features.reader.FeatureCache``.
 
 Storage: a ``ShardedStore`` (kind ``features``) in ``WORK/features/<split>``; per image the
 datasets ``conv5_s<k>`` (and ``conv5_s<k>_flip``), one chunk each, byte-shuffled and compressed
@@ -61,10 +55,13 @@ from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.parallel import Executor, map_shards
 from sppdet.detector.core.progress import progress_bar
 from sppdet.detector.data.records import Dataset, ImageRecord
-from sppdet.detector.features.conv5 import DTYPES, ImageMaps, LoadedImage, _prefetch, compute_conv5
+from sppdet.detector.features.conv5 import DTYPES, ImageMaps, LoadedImage, compute_conv5, prefetch
 from sppdet.detector.spp.geometry import layer_geometry
 
 KIND = "features"
+
+
+STAGE = "cache-features"  # its entry in settings.json
 
 
 MADE_BY = "sppdet cache-features"
@@ -211,8 +208,9 @@ def cache_features(
     ids = [r.image_id for r in dataset.records]
     root = work.features(dataset.split)
     store = ShardedStore.create(root, KIND, params, ids, config.shard_size, force=force)
-    work.record_stage(
-        f"cache-features:{dataset.split}",
+    work.record(
+        STAGE,
+        dataset.split,
         {"features": as_dict(config), "spp": as_dict(spp or SppConfig()), "store": params},
     )
     shards = store.pending_shards()
@@ -254,7 +252,7 @@ def _run(
     bars = progress_bar(len(records), "cache-features", "img") if progress else nullcontext()
     try:
         with bars as bar:
-            loads = _prefetch(pool, records, config.scales, config.max_size, 2 * loader_threads)
+            loads = prefetch(pool, records, config.scales, config.max_size, 2 * loader_threads)
             for future in loads:
                 t0 = time.perf_counter()
                 loaded = future.result()
@@ -344,7 +342,7 @@ def feature_shard(root: str, shard: int, settings: dict[str, Any]) -> ShardTimes
     def fill(writer: ShardWriter, image_ids: list[str]) -> None:
         records = [settings["records"][i] for i in image_ids]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sppdet-load") as pool:
-            for future in _prefetch(pool, records, config.scales, config.max_size, 1):
+            for future in prefetch(pool, records, config.scales, config.max_size, 1):
                 loaded = future.result()
                 t0 = time.perf_counter()
                 maps = compute_conv5(

@@ -1,4 +1,14 @@
-"""Images: split out of the former ``pretrain`` module."""
+"""The network inputs of ``pretrain`` samples: region pixels, crops, colour statistics and
+augmentation, preprocessing, and batches loaded in threads.
+
+Training crops (paper §3.1): a square of side ``crop_fraction`` (224/256) of the region's shorter
+side at a random place, resized to the epoch's input size, flipped with probability 1/2, colour
+altered (AlexNet's PCA lighting plus brightness/contrast/saturation factors), normalised with the
+training set's per-channel mean and standard deviation (recorded as the checkpoint's
+preprocessing, in the trunk's channel order and pixel range). Test crops are the central square.
+The randomness of sample k in epoch e comes from (seed, e, k) alone, so the number of loading
+threads does not change the inputs.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +33,10 @@ from sppdet.detector.features.conv5 import resized_size
 from sppdet.detector.pretrain.samples import SampleSet
 
 COLOR_SAMPLES = 256  # regions used to estimate the colour statistics
-
-
 COLOR_SIDE = 64  # they are shrunk to this shorter side first
-
-
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # RGB -> grey (ITU-R 601)
 
-
 T = TypeVar("T")
-
-
 R = TypeVar("R")
 
 

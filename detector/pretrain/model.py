@@ -1,4 +1,9 @@
-"""Model: split out of the former ``pretrain`` module."""
+"""The classifier ``pretrain`` trains, and the checks of its settings.
+
+conv1-5, SPP over the whole conv5 map (``spp.image_spp.image_spp``), fc6/fc7 with dropout and fc8
+(``heads.fc.FcHead``): an SPP-net that takes any input size. The SPP output has the same length
+at every size, so the sizes of multi-size training (paper §2.3) share fc6.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.spp.bins import check_pyramid, pyramid_dim
 from sppdet.detector.spp.image_spp import image_spp
+
+PLATEAU_METRICS = ("error", "loss")  # held-out values the learning-rate plateau may watch
 
 
 class SppClassifier(nn.Module):
@@ -68,6 +75,7 @@ def check_input_sizes(trunk: Trunk, sizes: Sequence[int]) -> None:
 
 
 def check_config(cfg: PretrainConfig) -> None:
+    """Refuse a pretrain configuration that cannot train, naming the option to change."""
     check_arch(cfg.backbone)
     try:
         check_pyramid(cfg.pyramid)
@@ -89,6 +97,3 @@ def check_config(cfg: PretrainConfig) -> None:
     for bad, message in problems:
         if bad:
             raise SppdetError(message)
-
-
-PLATEAU_METRICS = ("error", "loss")

@@ -1,4 +1,13 @@
-"""Samples: split out of the former ``pretrain`` module."""
+"""The classification samples ``pretrain`` trains and ``classify-eval`` tests on: labelled
+regions of images, and the held-out split.
+
+The data is an image-folder tree (one folder per class; ``DATA/<split>/`` when that folder
+exists, else ``DATA`` itself) or a detection dataset (VOC tree or COCO JSON), which becomes K+1
+classes: the ground-truth objects (difficult ones left out) and ``bg_per_image`` background boxes
+per image, drawn at random sizes and places with IoU < 0.3 to every object (class 0,
+"background"). A sample is a region of an image: the whole image, or a box grown by
+1/crop_fraction around its centre, so that the centre crop of the region is about the box itself.
+"""
 
 from __future__ import annotations
 
@@ -18,17 +27,9 @@ from sppdet.detector.data.records import IMAGE_SUFFIXES
 from sppdet.detector.data.voc import voc_root
 
 BACKGROUND = "background"
-
-
 BG_CANDIDATES = 64  # random background boxes tried per image
-
-
 BG_SIDE_RANGE = (0.15, 0.75)  # background box side / sqrt(image area), log-uniform
-
-
 BG_ASPECT = 2.0  # background box aspect in [1/2, 2], log-uniform
-
-
 BG_MIN_SIDE = 16  # pixels
 
 

@@ -1,11 +1,12 @@
-/* Window spatial pyramid pooling on the CPU, compiled: the native path of spp.WindowPooler.
+/* Window spatial pyramid pooling on the CPU, compiled: the native path of WindowPooler
+ * (sppdet.detector.spp.pooler).
  *
- * Python (spp_native.py) does the geometry: window cells, the Appendix A bins of every level
- * computed from the map, and which coarser levels are reduced from a finer one (spp._plan).
+ * Python (native.py) does the geometry: window cells, the Appendix A bins of every level
+ * computed from the map, and which coarser levels are reduced from a finer one (bins._plan).
  * This file only moves and compares numbers:
  *
  *   to_keys  conv maps [C, H*W] (float16/bfloat16/float32 bits) -> channels-last [H*W, C]
- *            integers whose order is the floats' order (spp._to_ordered_, same constants);
+ *            integers whose order is the floats' order (keys._to_ordered_, same constants);
  *   pool     per window, per level: bin maxima over the keys, then the keys back to float bits
  *            (converted to float32 where asked) written channel-major into the output row.
  *
@@ -133,7 +134,7 @@ struct keys_task {
     const void *src; /* [C, cells] float bits */
     void *dst;       /* [cells, C] ordered keys */
     int64_t channels, cells;
-    int64_t lowest, nan; /* keys below LOWEST (negative NaNs) become NAN (spp._to_ordered_) */
+    int64_t lowest, nan; /* keys below LOWEST (negative NaNs) become NAN (keys._to_ordered_) */
 };
 
 struct pool_task {
@@ -389,7 +390,7 @@ static PyMethodDef methods[] = {
     {"to_keys", py_to_keys, METH_VARARGS,
      "to_keys(src, dst, channels, cells, key_bytes, lowest, nan, threads): float bits [C, cells] "
      "-> ordered keys [cells, C]"},
-    {"pool", py_pool, METH_VARARGS, "pool(...): window SPP over ordered keys (see spp_native)"},
+    {"pool", py_pool, METH_VARARGS, "pool(...): window SPP over ordered keys (see native.py)"},
     {"halves_to_floats", py_halves_to_floats, METH_VARARGS,
      "halves_to_floats(src, dst, count, portable): float16 bits -> float32 bits, through F16C "
      "where the CPU has it unless PORTABLE (for tests)"},
@@ -397,7 +398,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_spp_kernel", "Compiled window SPP (see spp_native.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_spp_kernel", "Compiled window SPP (see native.py).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

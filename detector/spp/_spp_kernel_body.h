@@ -5,7 +5,7 @@
 #define MAGNITUDE ((UKEY)(((UKEY)1 << (KEY_BITS - 1)) - 1))
 
 /* Invert the magnitude bits of negative numbers: float order becomes integer order, and the
- * same flip maps keys back to float bits (spp._flip_negative_). */
+ * same flip maps keys back to float bits (keys._flip_negative_). */
 static inline UKEY NAME(flip_)(UKEY bits) {
     return (UKEY)(bits ^ ((UKEY)(0u - (bits >> (KEY_BITS - 1))) & MAGNITUDE));
 }
@@ -60,7 +60,7 @@ static INLINE void NAME(compute_level_)(const struct pool_task *t, int64_t w, in
 }
 
 /* A level derived from a finer one with r times its bins per side: bin (i, j) is the union of
- * the finer bins (i*r + a, j*r + b), a, b < r (spp._plan), so its max is theirs. */
+ * the finer bins (i*r + a, j*r + b), a, b < r (bins._plan), so its max is theirs. */
 static INLINE void NAME(derive_level_)(const struct pool_task *t, int64_t l, KEY *pooled) {
     const int64_t channels = t->channels, n = t->level_n[l], source = t->level_source[l];
     const int64_t finer = t->level_n[source], r = finer / n;

@@ -1,4 +1,15 @@
-"""Bins: split out of the former ``spp`` module."""
+"""Pyramid bins: how a window's cells split into the bins of each level, and the pooled layout.
+
+* A pooled window is ``[C * sum(n*n)]`` long: pyramid levels in the given order; inside a level
+  channel-major, index ``c*n*n + y*n + x`` (SPEC.md).
+* Bin i of a level with n bins over a window h cells tall covers rows
+  ``[floor(i*h/n), ceil((i+1)*h/n))`` from the window's first row (paper, Appendix A); columns
+  likewise. Bins are never empty and may overlap.
+
+The window pooler's plan is made here too: which coarser levels are reduced from a finer one
+(``level_plan``), the sparse-table level a bin is looked up at (``table_level``) and the order in
+which a map's sparse tables are built (``table_order``).
+"""
 
 from __future__ import annotations
 
@@ -35,7 +46,7 @@ def _floor_log2(length: torch.Tensor) -> torch.Tensor:
     return torch.frexp(length.to(torch.float64)).exponent.to(torch.int64) - 1
 
 
-def _table_level(length: torch.Tensor) -> torch.Tensor:
+def table_level(length: torch.Tensor) -> torch.Tensor:
     """Sparse-table level k of runs of LENGTH >= 1 cells: two lookups of 2^k cells, one at each
     end of the run, cover it exactly when 2^k <= length <= 2^(k+1). k = floor(log2(length - 1))
     (0 for a single cell) is the smallest such k: a run of 4 takes two 2-cell lookups rather
@@ -43,7 +54,7 @@ def _table_level(length: torch.Tensor) -> torch.Tensor:
     return _floor_log2((length - 1).clamp_min(1))
 
 
-def _plan(levels: tuple[int, ...]) -> dict[int, int | None]:
+def level_plan(levels: tuple[int, ...]) -> dict[int, int | None]:
     """For each level, the finer level it is derived from (n divides m), or None to compute it.
 
     Level n's bin j is the union of level m's bins j*r .. j*r + r - 1 when m = r*n, exactly
@@ -59,7 +70,7 @@ def _plan(levels: tuple[int, ...]) -> dict[int, int | None]:
 Pair = tuple[int, int]
 
 
-def _table_order(needed: Iterable[Pair]) -> list[tuple[Pair, Pair | None]]:
+def table_order(needed: Iterable[Pair]) -> list[tuple[Pair, Pair | None]]:
     """The sparse tables to build for one map, as (table, source) in build order.
 
     Table (a, b) holds maxima over 2^a x 2^b cells; it is one elementwise max of two shifted

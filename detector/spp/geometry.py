@@ -1,12 +1,36 @@
-"""Geometry: split out of the former ``spp`` module."""
+"""Window -> conv cells: where a window of the image lies on a trunk's conv map.
+
+Boxes are 0-based pixel indices x1 y1 x2 y2, both ends inclusive (``sppdet.detector.data.records``);
+cells are 0-based integer indices on a conv map, x1 y1 x2 y2, both ends inclusive.
+
+The centre of conv cell j's receptive field is pixel ``stride*j + offset``; both numbers follow
+from the trunk's layer list (``layer_geometry``): offset = sum over layers of
+``((k-1)/2 - p) * (product of the strides below)``. ZF-5 gives (16, 20), AlexNet (16, 15),
+VGG-16 (16, 7.5). A window edge is moved ``shift`` pixels inward and projected onto the cell whose
+receptive-field centre is nearest (the paper's "closest to the center of the receptive field"):
+
+    left  = floor((x1 + shift - offset) / stride + 1/2)     (round half up)
+    right = ceil((x2 - shift - offset) / stride - 1/2)      (round half down)
+
+``shift`` is 6.5 px in the released code ("released"); the paper's Appendix A rule
+(left = floor(x/S) + 1, right = ceil(x/S) - 1 with centres at S*x') is the same formula with
+shift = S/2 and offset 0 ("paper"; the trunk's real offset is added as the appendix says). For
+ZF-5 and "released" this is exactly the released code in 1-based units:
+``l' = floor((l - 6.5)/16) + 1``, ``r' = ceil((r - 35.5)/16) + 1`` (offset0 = 21, offset = 6.5).
+When left > right (a window narrower than about 13 px) both become floor((left + right)/2), as
+in the released code; then cells are clamped to the map.
+
+Before mapping, a box is brought to the cached scale with the released code's corner-aligned
+factor ``(s - 1)/(min(H, W) - 1)`` where s is the effective scale (the resized image's shorter
+side; see ``sppdet.detector.features.conv5`` for what ``--max-size`` does to it).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from torch import nn
 
 RELEASED_EDGE_SHIFT = 6.5  # pixels an edge moves inward before projection (released SPP_net code)
 
@@ -46,29 +70,6 @@ def layer_geometry(layers: Iterable[tuple[int, int, int]]) -> CellGeometry:
         field += (kernel - 1) * stride
         stride *= step
     return CellGeometry(stride, offset, field)
-
-
-def _pair_first(value: int | Sequence[int], what: str) -> int:
-    if isinstance(value, int):
-        return value
-    if len(set(value)) != 1:
-        raise ValueError(f"non-square {what} {value} is not supported by the cell mapping")
-    return int(value[0])
-
-
-def module_layers(module: nn.Module) -> list[tuple[int, int, int]]:
-    """(kernel, stride, padding) of every convolution and pooling layer of MODULE, in order."""
-    layers = []
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-            kernel = _pair_first(layer.kernel_size, "kernel")
-            stride = _pair_first(layer.stride, "stride")
-            pad = _pair_first(layer.padding, "padding")
-            dilation = getattr(layer, "dilation", 1)
-            if _pair_first(dilation, "dilation") != 1:
-                raise ValueError("dilated layers are not supported by the cell mapping")
-            layers.append((kernel, stride, pad))
-    return layers
 
 
 def edge_shift(rule: str, geometry: CellGeometry) -> float:

@@ -1,4 +1,8 @@
-"""Image spp: split out of the former ``spp`` module."""
+"""Whole-map SPP: every level's bins over the full conv map, for classification and R-CNN pool5.
+
+``image_spp`` pools a batch of maps with the Appendix A bins (``sppdet.detector.spp.bins``), or with
+the paper's section 2.3 sliding-window form where that gives the same bins (``sliding_agrees``).
+"""
 
 from __future__ import annotations
 

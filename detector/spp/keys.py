@@ -1,4 +1,14 @@
-"""Keys: split out of the former ``spp`` module."""
+"""Ordered integer keys of floats, and the memory helpers of the window pooler.
+
+The pooler takes maxima on integers: a float map viewed as integers of its width, with the
+magnitude bits of negative values inverted (``to_ordered_``), sorts as the floats do, and every
+NaN becomes the positive NaN, which sorts above +inf, so a bin holding a NaN pools to NaN as
+``torch.max`` does. ``ordered_limits`` gives the compiled kernel the same two constants.
+
+Memory: ``advise_huge_pages`` asks Linux for 2 MiB pages behind a large CPU buffer, and
+``buffer_shared`` tells whether anything else references a buffer, so that a result is reused only
+once its caller has dropped it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-# Integer views whose order is the order of the floats they hold (see _to_ordered_).
-_ORDERED_INT = {
+# Integer views whose order is the order of the floats they hold (see to_ordered_).
+ORDERED_INT = {
     torch.float16: torch.int16,
     torch.bfloat16: torch.int16,
     torch.float32: torch.int32,
@@ -18,7 +28,7 @@ _ORDERED_INT = {
 }
 
 
-def _flip_negative_(keys: torch.Tensor) -> None:
+def flip_negative_(keys: torch.Tensor) -> None:
     """In place, on the bits of floats viewed as integers: invert the magnitude bits of negative
     numbers. Integer order then is float order (-0 just below +0), and the map is its own
     inverse. The sign bit is kept, so the same call maps pooled keys back to float bits."""
@@ -29,20 +39,20 @@ def _flip_negative_(keys: torch.Tensor) -> None:
 def ordered_limits(dtype: torch.dtype) -> tuple[int, int]:
     """(lowest, nan): the ordered key of -inf, and the key every NaN becomes (the positive NaN,
     which sorts above +inf), for floats of DTYPE."""
-    key = _ORDERED_INT[dtype]
+    key = ORDERED_INT[dtype]
     lowest = torch.tensor(-math.inf, dtype=dtype).view(key).reshape(1).clone()
-    _flip_negative_(lowest)
+    flip_negative_(lowest)
     nan = torch.tensor(math.nan, dtype=dtype).abs().view(key).item()
     return int(lowest.item()), int(nan)
 
 
-def _to_ordered_(keys: torch.Tensor, dtype: torch.dtype) -> None:
+def to_ordered_(keys: torch.Tensor, dtype: torch.dtype) -> None:
     """Float bits of DTYPE (viewed as integers) -> integers of the same order, in place.
 
     After the flip, NaNs with the sign bit set would sort below -inf; they become the positive
     NaN, which sorts above +inf, so that a bin holding a NaN pools to NaN as torch.max does.
     """
-    _flip_negative_(keys)
+    flip_negative_(keys)
     lowest, nan = ordered_limits(dtype)
     keys.masked_fill_(keys < lowest, nan)
 
@@ -100,7 +110,7 @@ _PROBE = torch.empty(1)
 _UNSHARED = _references(_PROBE) if _storage_use_count is not None else None
 
 
-def _shared(buffer: torch.Tensor) -> bool:
+def buffer_shared(buffer: torch.Tensor) -> bool:
     """Whether anything besides BUFFER itself references its memory (another tensor or view,
     a numpy array, a storage object, ...). True when that cannot be known."""
     return _UNSHARED is None or _references(buffer) != _UNSHARED

@@ -1,9 +1,10 @@
-"""Glue to the compiled window pooler (``_spp_kernel.c``), the CPU path of ``spp.WindowPooler``.
+"""Glue to the compiled window pooler (``_spp_kernel.c``), the CPU path of ``WindowPooler``.
 
 The extension is built by ``pip install`` when a C compiler is present (setup.py; it is optional,
 so an install without a compiler still works and pools through torch). It takes addresses of
 contiguous CPU tensors; this module owns the tensors' layout and keeps them alive during a call.
-It knows nothing of bins or cells: ``spp`` computes those and passes them in as arrays.
+It knows nothing of bins or cells: ``sppdet.detector.spp.pooler.WindowPooler`` computes those
+(with ``bins``) and passes them in as arrays.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class LevelTable:
     def build(
         cls, levels: Sequence[int], sources: dict[int, int | None], channels: int
     ) -> LevelTable:
-        """SOURCES maps each level to the finer level it is reduced from, or None (spp._plan)."""
+        """SOURCES maps each level to the finer level it is reduced from, or None
+        (bins.level_plan)."""
         index = {n: i for i, n in enumerate(levels)}
         source = [-1 if sources[n] is None else index[sources[n]] for n in levels]
         bin_first, row_first, bins, rows = [], [], 0, 0
@@ -96,7 +98,7 @@ def to_keys(
     maps: Sequence[torch.Tensor], keys: torch.Tensor, lowest: int, nan: int, threads: int
 ) -> list[int]:
     """Write each conv map [C, H, W] channels-last into KEYS [>= sum H*W, C] as ordered keys
-    (``spp.ordered_limits`` gives LOWEST and NAN), one map after another. Returns each map's
+    (``keys.ordered_limits`` gives LOWEST and NAN), one map after another. Returns each map's
     first row in KEYS."""
     firsts, row = [], 0
     width = keys.element_size()

@@ -1,37 +1,10 @@
-"""Spatial pyramid pooling: window -> conv5 cells, window SPP, whole-image SPP, best scale.
+"""Window SPP: ``WindowPooler`` pools windows of conv maps into one vector each, exactly.
 
-Conventions
------------
-* Boxes are 0-based pixel indices, x1 y1 x2 y2, both ends inclusive (``sppdet.detector.data``).
-* Cells are 0-based integer indices on a conv map, x1 y1 x2 y2, both ends inclusive.
-* A pooled window is ``[C * sum(n*n)]`` long: pyramid levels in the given order; inside a level
-  channel-major, index ``c*n*n + y*n + x`` (SPEC.md).
-* Bin i of a level with n bins over a window h cells tall covers rows
-  ``[floor(i*h/n), ceil((i+1)*h/n))`` from the window's first row (paper, Appendix A); columns
-  likewise. Bins are never empty and may overlap.
-
-Window -> cells
----------------
-The centre of conv cell j's receptive field is pixel ``stride*j + offset``; both numbers follow
-from the trunk's layer list (``layer_geometry``): offset = sum over layers of
-``((k-1)/2 - p) * (product of the strides below)``. ZF-5 gives (16, 20), AlexNet (16, 15),
-VGG-16 (16, 7.5). A window edge is moved ``shift`` pixels inward and projected onto the cell whose
-receptive-field centre is nearest (the paper's "closest to the center of the receptive field"):
-
-    left  = floor((x1 + shift - offset) / stride + 1/2)     (round half up)
-    right = ceil((x2 - shift - offset) / stride - 1/2)      (round half down)
-
-``shift`` is 6.5 px in the released code ("released"); the paper's Appendix A rule
-(left = floor(x/S) + 1, right = ceil(x/S) - 1 with centres at S*x') is the same formula with
-shift = S/2 and offset 0 ("paper"; the trunk's real offset is added as the appendix says). For
-ZF-5 and "released" this is exactly the released code in 1-based units:
-``l' = floor((l - 6.5)/16) + 1``, ``r' = ceil((r - 35.5)/16) + 1`` (offset0 = 21, offset = 6.5).
-When left > right (a window narrower than about 13 px) both become floor((left + right)/2), as
-in the released code; then cells are clamped to the map.
-
-Before mapping, a box is brought to the cached scale with the released code's corner-aligned
-factor ``(s - 1)/(min(H, W) - 1)`` where s is the effective scale (the resized image's shorter
-side; see ``featurize`` for what ``--max-size`` does to it).
+Windows come as inclusive conv cells (``sppdet.detector.spp.geometry.boxes_to_cells``); the
+pooled layout and the bins of each level are those of ``sppdet.detector.spp.bins``. The pooler
+runs the compiled kernel (``sppdet.detector.spp.native``) where it applies and sparse tables in
+torch elsewhere; both give the same bits (the class docstring says how). ``window_spp`` is the
+one-call form; ``window_spp_roi_pool`` pools through torchvision's ``roi_pool``, for comparison.
 """
 
 from __future__ import annotations
@@ -46,27 +19,27 @@ import numpy as np
 import torch
 import torchvision
 
-from sppdet.detector.spp import native as spp_native
+from sppdet.detector.spp import native
 from sppdet.detector.spp.bins import (
     DEFAULT_PYRAMID,
     Pair,
-    _plan,
-    _table_level,
-    _table_order,
     check_pyramid,
     level_bins,
+    level_plan,
     pyramid_dim,
+    table_level,
+    table_order,
 )
 from sppdet.detector.spp.keys import (
-    _ORDERED_INT,
-    _flip_negative_,
-    _shared,
-    _to_ordered_,
+    ORDERED_INT,
     advise_huge_pages,
+    buffer_shared,
+    flip_negative_,
     ordered_limits,
+    to_ordered_,
 )
 
-POOLING_KERNELS = ("auto", "native", "torch")  # WindowPooler(kernel=...): see spp_native
+POOLING_KERNELS = ("auto", "native", "torch")  # WindowPooler(kernel=...): see ``native``
 
 
 NOT_BUILT_WARNING = (
@@ -80,7 +53,7 @@ class WindowPooler:
     """Vectorised window SPP over conv maps (one image's scales), with reusable work buffers.
 
     Two paths compute the same bits. ``kernel="auto"`` (the default) pools CPU maps through the
-    compiled kernel (``spp_native``, built by pip when a C compiler is present) wherever it
+    compiled kernel (``native``, built by pip when a C compiler is present) wherever it
     applies: float16/bfloat16/float32 maps into their own dtype or float32. It converts the
     maps to channels-last ordered keys and pools each window directly, every level's bins as
     row maxima then column maxima, on all torch threads. Everything else (GPU maps, float64,
@@ -89,14 +62,14 @@ class WindowPooler:
 
     Torch path, sparse tables: for each map, ``T[a, b][y, x]`` is the max over the 2^a x 2^b
     cells from (y, x), channels last, built with one elementwise max per table and only for the
-    (a, b) that some bin uses (``_table_order``). A bin is the max of four overlapping lookups
-    (``_table_level``), so every bin costs the same whatever its size. The tables of all maps
+    (a, b) that some bin uses (``table_order``). A bin is the max of four overlapping lookups
+    (``table_level``), so every bin costs the same whatever its size. The tables of all maps
     share one buffer, so windows on different maps (scales) are pooled by one gather, in the
-    caller's order. Coarser levels that divide a finer one are reduced from it (``_plan``).
+    caller's order. Coarser levels that divide a finer one are reduced from it (``level_plan``).
 
     Maxima are taken on integers: float maps are viewed as integers of the same width whose
     order is the floats' order (a no-op for maps without negative values, such as ReLU
-    outputs; else ``_to_ordered_``). Max pooling only selects stored values, so the result is
+    outputs; else ``to_ordered_``). Max pooling only selects stored values, so the result is
     exact, and integer maxima run several times faster than float16 ones on CPU. Windows go
     through in chunks of ``chunk``, window-major, so that the gathered rows stay in each
     thread's cache; a chunk ends with one conversion to the output dtype and one transposing
@@ -111,7 +84,7 @@ class WindowPooler:
     def __init__(self, chunk: int = 16, keep_results: int = 2, kernel: str = "auto") -> None:
         if kernel not in POOLING_KERNELS:
             raise ValueError(f"unknown pooling kernel {kernel!r}; choose one of {POOLING_KERNELS}")
-        if kernel == "native" and not spp_native.built():
+        if kernel == "native" and not native.built():
             raise ValueError(
                 "the compiled pooler (sppdet.detector.spp._spp_kernel) is not built; reinstall "
                 "sppdet with a C compiler present, or use kernel='torch'"
@@ -140,7 +113,7 @@ class WindowPooler:
             return torch.empty(rows, dim, dtype=dtype, device=device)
         for buffer in self._results:
             fits = buffer.dtype == dtype and buffer.device == device and buffer.numel() >= numel
-            if fits and not _shared(buffer):
+            if fits and not buffer_shared(buffer):
                 return buffer[:numel].view(rows, dim)
         buffer = torch.empty(numel, dtype=dtype, device=device)
         advise_huge_pages(buffer)
@@ -174,24 +147,8 @@ class WindowPooler:
         tensor from ``new_result`` in the maps' dtype.
         """
         levels = check_pyramid(pyramid)
-        maps = [maps] if torch.is_tensor(maps) else list(maps)
-        first = maps[0]
-        if any(m.dim() != 3 or m.shape[0] != first.shape[0] for m in maps):
-            raise ValueError("conv maps must be [C, H, W] with the same C")
-        if any(m.dtype != first.dtype or m.device != first.device for m in maps):
-            raise ValueError("conv maps must share one dtype and device")
-        channels, device, dtype = first.shape[0], first.device, first.dtype
-        cells = torch.as_tensor(np.asarray(cells) if not torch.is_tensor(cells) else cells)
-        cells = cells.to(device, torch.int64).reshape(-1, 4)
-        n = cells.shape[0]
-        which = torch.zeros(n, dtype=torch.int64, device=device)
-        if map_index is not None:
-            which = torch.as_tensor(
-                np.asarray(map_index) if not torch.is_tensor(map_index) else map_index
-            )
-            which = which.to(device, torch.int64).reshape(-1)
-            if which.shape != (n,) or (n and (which.min() < 0 or which.max() >= len(maps))):
-                raise ValueError(f"map_index must hold {n} indices into {len(maps)} maps")
+        maps, cells, which = _window_inputs(maps, cells, map_index)
+        n, channels, dtype, device = cells.shape[0], maps[0].shape[0], maps[0].dtype, maps[0].device
         dim = pyramid_dim(levels, channels)
         if out is None:
             out = self.new_result(n, dim, dtype, device)
@@ -208,15 +165,30 @@ class WindowPooler:
         self.last_path = "torch" if kind is None else "native"
         if kind is not None:
             self._pool_native(maps, cells, which, width, levels, out, kind)
-            return out
-        key = _ORDERED_INT.get(dtype, dtype)
+        else:
+            self._pool_torch(maps, cells, which, width, levels, out)
+        return out
+
+    def _pool_torch(
+        self,
+        maps: list[torch.Tensor],
+        cells: torch.Tensor,
+        which: torch.Tensor,
+        width: torch.Tensor,
+        levels: tuple[int, ...],
+        out: torch.Tensor,
+    ) -> None:
+        """Pool through sparse tables: each bin of a computed level is the max of four table
+        lookups, whose flat row indices are made here; derived levels follow in the chunks."""
+        dtype = maps[0].dtype
+        key = ORDERED_INT.get(dtype, dtype)
         keyed = [m.view(key) for m in maps]
-        plan = _plan(levels)
+        plan = level_plan(levels)
         bins = {}
         for m in (m for m, src in plan.items() if src is None):
             xs, xe = level_bins(cells[:, 0], cells[:, 2], m)
             ys, ye = level_bins(cells[:, 1], cells[:, 3], m)
-            bins[m] = (xs, xe, ys, ye, _table_level(xe - xs), _table_level(ye - ys))
+            bins[m] = (xs, xe, ys, ye, table_level(xe - xs), table_level(ye - ys))
         flat, slot, signed = self._tables(keyed, dtype, which, bins)
         index = {}
         for m, (xs, xe, ys, ye, kx, ky) in bins.items():
@@ -226,7 +198,6 @@ class WindowPooler:
             corners = rows[:, :, None, :, None] + cols[:, None, :, None, :]  # [N, 2, 2, m, m]
             index[m] = start[:, None] + corners.flatten(1, 2)  # [N, 4, m, m]
         self._pool_chunks(flat, index, _Work(levels, plan, dtype, signed), out)
-        return out
 
     def _native_kind(
         self, dtype: torch.dtype, device: torch.device, out: torch.Tensor
@@ -236,11 +207,11 @@ class WindowPooler:
         on_cpu = device.type == "cpu" and out.device.type == "cpu"
         if self.kernel == "torch":
             return None
-        if not spp_native.built():
+        if not native.built():
             if on_cpu:  # shown once per process (the warnings registry)
                 warnings.warn(NOT_BUILT_WARNING, RuntimeWarning, stacklevel=3)
             return None
-        kind = spp_native.output_kind(dtype, out.dtype)
+        kind = native.output_kind(dtype, out.dtype)
         usable = kind is not None and on_cpu and out.stride(1) == 1
         if self.kernel == "native" and not usable:
             raise ValueError(
@@ -267,12 +238,12 @@ class WindowPooler:
         channels, dtype = maps[0].shape[0], maps[0].dtype
         used = torch.bincount(which, minlength=len(maps)).nonzero().reshape(-1).tolist()
         rows = sum(maps[k].shape[1] * maps[k].shape[2] for k in used)
-        keys = self._buffer("keys", (rows, channels), _ORDERED_INT[dtype], cells.device)
+        keys = self._buffer("keys", (rows, channels), ORDERED_INT[dtype], cells.device)
         lowest, nan = ordered_limits(dtype)
-        firsts = spp_native.to_keys([maps[k] for k in used], keys, lowest, nan, threads)
+        firsts = native.to_keys([maps[k] for k in used], keys, lowest, nan, threads)
         map_first = torch.zeros(len(maps), dtype=torch.int64)
         map_first[used] = torch.tensor(firsts, dtype=torch.int64)
-        plan = _plan(levels)
+        plan = level_plan(levels)
         computed = [m for m in levels if plan[m] is None]
         xbins = torch.cat(
             [torch.stack(level_bins(cells[:, 0], cells[:, 2], m), 2) for m in computed], 1
@@ -280,14 +251,14 @@ class WindowPooler:
         ybins = torch.cat(
             [torch.stack(level_bins(cells[:, 1], cells[:, 3], m), 2) for m in computed], 1
         )
-        spp_native.pool(
+        native.pool(
             keys,
             map_first[which],
             width,
             cells.contiguous(),
             xbins.contiguous(),
             ybins.contiguous(),
-            spp_native.LevelTable.build(levels, plan, channels),
+            native.LevelTable.build(levels, plan, channels),
             out,
             kind,
             threads,
@@ -316,7 +287,7 @@ class WindowPooler:
             needed.setdefault(code // (depth * depth), []).append(
                 divmod(code % (depth * depth), depth)
             )
-        orders = {k: _table_order(pairs) for k, pairs in needed.items()}
+        orders = {k: table_order(pairs) for k, pairs in needed.items()}
         slot = torch.full((len(keyed), depth, depth), -1, dtype=torch.int64)
         rows = 0
         for k, order in orders.items():
@@ -336,7 +307,7 @@ class WindowPooler:
             base = table((0, 0))
             base.copy_(keyed[k].permute(1, 2, 0))
             if signed:
-                _to_ordered_(base, dtype)
+                to_ordered_(base, dtype)
             for (a, b), source in order[1:]:
                 prev, dst = table(source), table((a, b))
                 if a > source[0]:
@@ -354,7 +325,7 @@ class WindowPooler:
         n, channels, levels = out.shape[0], flat.shape[1], work.levels
         offsets = np.cumsum([0] + [channels * m * m for m in levels])
         # Transposing copies run fastest on integers of the output's width.
-        out_key = _ORDERED_INT.get(out.dtype, out.dtype)
+        out_key = ORDERED_INT.get(out.dtype, out.dtype)
         blocks = [
             out.view(out_key)[:, offsets[i] : offsets[i + 1]].view(n, channels, m * m)
             for i, m in enumerate(levels)
@@ -382,7 +353,7 @@ class WindowPooler:
         A chunk's windows are pooled into ``pooled`` [g, sum n^2, C] (levels in pyramid order,
         ordered integers, window-major so that both threads keep their half of the windows in
         their own cache through all steps): each computed level is the max over the 4 gathered
-        corners of its bins, each derived level the max over blocks of a finer one (``_plan``).
+        corners of its bins, each derived level the max over blocks of a finer one (``level_plan``).
         """
         channels, key, device = flat.shape[1], flat.dtype, flat.device
         levels, plan, dtype = work.levels, work.plan, work.dtype
@@ -411,13 +382,13 @@ class WindowPooler:
                 reduce.append(partial(torch.maximum, parts[0], parts[1], out=into))
                 reduce.extend(partial(torch.maximum, into, part, out=into) for part in parts[2:])
         if work.signed:
-            reduce.append(partial(_flip_negative_, pooled))
+            reduce.append(partial(flip_negative_, pooled))
         values = pooled.view(dtype)
         if out_dtype != dtype:
             converted = self._buffer("converted", pooled.shape, out_dtype, device)
             reduce.append(partial(converted.copy_, values))
             values = converted
-        values = values.view(_ORDERED_INT.get(out_dtype, out_dtype))
+        values = values.view(ORDERED_INT.get(out_dtype, out_dtype))
         transposed = [values[:, bins_at[m][0] : bins_at[m][1]].transpose(1, 2) for m in levels]
         return _ChunkSteps(gathered, reduce, transposed)
 
@@ -425,7 +396,7 @@ class WindowPooler:
 @dataclass(frozen=True)
 class _Work:
     levels: tuple[int, ...]  # the pyramid
-    plan: dict[int, int | None]  # level -> the finer level it is reduced from (``_plan``)
+    plan: dict[int, int | None]  # level -> the finer level it is reduced from (``level_plan``)
     dtype: torch.dtype  # the maps' dtype
     signed: bool  # the maps' integer views needed the order-preserving flip
 
@@ -435,6 +406,34 @@ class _ChunkSteps:
     gathered: dict[int, torch.Tensor]  # level -> [g * 4 * m * m, C], filled by the gather
     reduce: list[Callable[[], object]]  # maxima, derived levels, flip, dtype conversion
     levels: list[torch.Tensor]  # per level, the chunk's result as [g, C, m*m] (a view)
+
+
+def _window_inputs(
+    maps: torch.Tensor | Sequence[torch.Tensor],
+    cells: torch.Tensor | np.ndarray,
+    map_index: torch.Tensor | np.ndarray | None,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``pool``'s arguments checked and on the maps' device: the maps as a list, the cells
+    [N, 4] int64 and the map index [N] of each window."""
+    maps = [maps] if torch.is_tensor(maps) else list(maps)
+    first = maps[0]
+    if any(m.dim() != 3 or m.shape[0] != first.shape[0] for m in maps):
+        raise ValueError("conv maps must be [C, H, W] with the same C")
+    if any(m.dtype != first.dtype or m.device != first.device for m in maps):
+        raise ValueError("conv maps must share one dtype and device")
+    device = first.device
+    cells = torch.as_tensor(np.asarray(cells) if not torch.is_tensor(cells) else cells)
+    cells = cells.to(device, torch.int64).reshape(-1, 4)
+    n = cells.shape[0]
+    which = torch.zeros(n, dtype=torch.int64, device=device)
+    if map_index is not None:
+        which = torch.as_tensor(
+            np.asarray(map_index) if not torch.is_tensor(map_index) else map_index
+        )
+        which = which.to(device, torch.int64).reshape(-1)
+        if which.shape != (n,) or (n and (which.min() < 0 or which.max() >= len(maps))):
+            raise ValueError(f"map_index must hold {n} indices into {len(maps)} maps")
+    return maps, cells, which
 
 
 def _check_cells(cells: torch.Tensor, height: torch.Tensor, width: torch.Tensor) -> None:

@@ -1,4 +1,10 @@
-"""Scales: split out of the former ``spp`` module."""
+"""Best scale: at which cached scale each window is pooled.
+
+Two rules over an image's effective scales (the resized shorter sides, in cache order):
+"released", the released code's, picks the scale nearest to ``round(208 * min(H, W) /
+sqrt(area))``; "area224", the paper's, picks the scale whose scaled window area is closest to
+224 x 224. A tie goes to the smaller scale.
+"""
 
 from __future__ import annotations
 

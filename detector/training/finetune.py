@@ -1,8 +1,18 @@
-"""Finetune: split out of the former ``training`` module."""
+"""The ``finetune`` stage: fc6, fc7 and a new fc8 trained on pooled windows of the conv5 cache.
+
+``build_head`` makes the head to fine-tune: fc6/fc7 from the backbone the cache was built with
+when it has usable ones, else random (seeded; fc6's input then scaled to a mean norm), and fc8
+N(0, 0.01). ``run_finetune`` runs the SGD loop of ``heads.finetune`` over the split's labelled
+windows, checkpointing to WORK/models/finetune-partial.pt so an interrupted run resumes, and
+saves WORK/models/finetune.pt with the fingerprint of its inputs; ``load_head`` reads it back
+for the stages that use the fine-tuned features.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,16 +20,17 @@ import torch
 from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.backbones.weights import describe_weights, load_backbone
-from sppdet.detector.core.config import FinetuneConfig, as_dict
+from sppdet.detector.core.config import RANDOM_FC6_NORM_SAMPLE_WINDOWS, FinetuneConfig, as_dict
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.progress import progress_bar
 from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.heads.finetune import TrainState, WindowTable, train
 from sppdet.detector.training.inputs import (
     SplitInputs,
+    UpToDate,
     WindowFeatures,
-    _sample_norm_scale,
     feature_settings_fingerprint,
+    sample_norm_scale,
     up_to_date,
 )
 
@@ -33,7 +44,7 @@ def build_head(
     ones, else random; fc8 N(0, 0.01). Returns the head, a line saying where fc6/fc7 came from,
     and whether fc6 is pretrained.
     """
-    recorded = work.settings().get(f"{cache.stage}:{split}", {}).get("settings", {})
+    recorded = work.recorded(cache.stage, split) or {}
     weights = recorded.get("features", {}).get("weights", "random")
     state: dict[str, torch.Tensor] = {}
     if weights != "random":
@@ -71,48 +82,104 @@ def _finetune_fingerprint(inputs: SplitInputs, cfg: FinetuneConfig) -> dict[str,
     }
 
 
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What ``run_finetune`` trained: the model file, its batches and held-out metrics."""
+
+    model: Path
+    iterations: int
+    history: list[dict[str, float]]  # held-out metrics every ``log_every`` batches
+    origin: str  # where fc6/fc7 came from, and fc6's input scale when it is random
+
+
 def run_finetune(
     work: WorkDir, inputs: SplitInputs, cfg: FinetuneConfig, force: bool = False
-) -> dict[str, Any]:
+) -> FinetuneResult | UpToDate:
     """Fine-tune fc6-fc8; resumes from WORK/models/finetune-partial.pt when its inputs match."""
     inputs.check_images()
     made = _finetune_fingerprint(inputs, cfg)
     key = fingerprint(made)
     if not force and up_to_date(work, "finetune", made):
-        return {"skipped": True}
-    num_classes = len(inputs.dataset.classes)
+        return UpToDate(work.model("finetune"))
+    head, origin = _new_head(work, inputs, cfg)
+    log.info("%s", origin)
+    state, optimizer_state = TrainState(0, 0, []), None
+    if work.model("finetune-partial").is_file() and not force:
+        state, optimizer_state = _resume(work, head, key)
+    table = _window_table(work, inputs, cfg)
+    final = _train(work, inputs, head, table, cfg, key, state, optimizer_state)
+    payload = {
+        "fingerprint": key,
+        "made_from": made,
+        "head": head.state_dict(),
+        "in_dim": inputs.cache.dim,
+        "hidden": head.fc7.out_features,
+        "classes": list(inputs.dataset.classes),
+        "history": final.history,
+        "origin": origin,
+    }
+    path = work.save_model("finetune", payload)
+    work.model("finetune-partial").unlink(missing_ok=True)
+    return FinetuneResult(path, final.iteration, final.history, origin)
+
+
+def _new_head(work: WorkDir, inputs: SplitInputs, cfg: FinetuneConfig) -> tuple[FcHead, str]:
+    """The head to fine-tune (``build_head``), a random fc6's input scaled to the target norm;
+    returns it and the line saying where its weights came from."""
     head, origin, fc6_pretrained = build_head(
-        inputs.cache, work, inputs.dataset.split, num_classes, cfg
+        inputs.cache, work, inputs.dataset.split, len(inputs.dataset.classes), cfg
     )
     if not fc6_pretrained:  # a random fc6: normalise its input scale
-        scale = _sample_norm_scale(
+        scale = sample_norm_scale(
             inputs,
             lambda image_id, boxes: inputs.cache.pooled(image_id, boxes).numpy(),
-            2_000,
+            RANDOM_FC6_NORM_SAMPLE_WINDOWS,
             cfg.seed,
             cfg.random_fc6_input_norm,
         )
         head.input_scale.fill_(scale)
         origin += f"; fc6 input scaled by {scale:.4g} to mean norm {cfg.random_fc6_input_norm}"
-    log.info("%s", origin)
-    state, optimizer_state = TrainState(0, 0, []), None
-    if work.model("finetune-partial").is_file() and not force:
-        partial = work.load_model("finetune-partial", "sppdet finetune")
-        if partial["fingerprint"] != key:
-            raise SppdetError(
-                f"{work.model('finetune-partial')}: an interrupted fine-tuning with other "
-                "settings; rerun with --force to start over"
-            )
-        head.load_state_dict(partial["head"])
-        state = TrainState(partial["iteration"], partial["round"], list(partial["history"]))
-        optimizer_state = partial["optimizer"]
-        log.info("resuming fine-tuning at iteration %d", state.iteration)
-    table = WindowTable.build(inputs.dataset.records, inputs.proposals, num_classes, cfg)
+    return head, origin
+
+
+def _resume(work: WorkDir, head: FcHead, key: str) -> tuple[TrainState, dict[str, Any]]:
+    """Load the interrupted fine-tuning into HEAD; returns its progress and optimizer state."""
+    partial = work.load_model("finetune-partial", "sppdet finetune")
+    if partial["fingerprint"] != key:
+        raise SppdetError(
+            f"{work.model('finetune-partial')}: an interrupted fine-tuning with other "
+            "settings; rerun with --force to start over"
+        )
+    head.load_state_dict(partial["head"])
+    state = TrainState(partial["iteration"], partial["round"], list(partial["history"]))
+    log.info("resuming fine-tuning at iteration %d", state.iteration)
+    return state, partial["optimizer"]
+
+
+def _window_table(work: WorkDir, inputs: SplitInputs, cfg: FinetuneConfig) -> WindowTable:
+    """Every window's fine-tuning label; refused when no window is foreground."""
+    table = WindowTable.build(
+        inputs.dataset.records, inputs.proposals, len(inputs.dataset.classes), cfg
+    )
     if not (table.target > 0).any():
         raise SppdetError(
             f"{work.proposals(inputs.dataset.split)}: no window overlaps a ground-truth box by "
             f"IoU >= {cfg.fg_iou}; check the proposals and the annotations"
         )
+    return table
+
+
+def _train(
+    work: WorkDir,
+    inputs: SplitInputs,
+    head: FcHead,
+    table: WindowTable,
+    cfg: FinetuneConfig,
+    key: str,
+    state: TrainState,
+    optimizer_state: dict[str, Any] | None,
+) -> TrainState:
+    """The SGD loop from STATE, checkpointed to WORK/models/finetune-partial.pt as it goes."""
 
     def save(train_state: TrainState, optim: dict) -> None:
         work.save_model(
@@ -130,7 +197,7 @@ def run_finetune(
     inputs.cache.keep_images(cfg.images_per_round)  # a round's maps stay in memory
     with progress_bar(cfg.iterations, "finetune", unit="batch") as bar:
         bar.advance(state.iteration)
-        final = train(
+        return train(
             head,
             inputs.cache,
             table,
@@ -140,19 +207,6 @@ def run_finetune(
             save,
             on_iteration=lambda *_: bar.advance(),
         )
-    payload = {
-        "fingerprint": key,
-        "made_from": made,
-        "head": head.state_dict(),
-        "in_dim": inputs.cache.dim,
-        "hidden": head.fc7.out_features,
-        "classes": list(inputs.dataset.classes),
-        "history": final.history,
-        "origin": origin,
-    }
-    work.save_model("finetune", payload)
-    work.model("finetune-partial").unlink(missing_ok=True)
-    return {"iterations": final.iteration, "history": final.history, "origin": origin}
 
 
 def load_head(work: WorkDir, inputs: SplitInputs) -> FcHead:

@@ -1,9 +1,11 @@
-"""The training stages: finetune, train-svm and train-bbox, as functions over the work folder.
+"""What the training and test stages read for one split, and how they decide to skip.
 
-Each stage reads the dataset records, the proposals store and the conv5 cache of one split, runs
-the numerics of its module (finetune, svm, bbox_reg) and saves one model file in WORK/models/ with
-the fingerprint of everything it was made from. A later stage refuses a model whose inputs differ
-from its own, naming the command that remakes it.
+``open_split`` gathers a split's dataset records, its proposals store and its window features
+(the conv5 cache, or the R-CNN store) as ``SplitInputs``, with one fingerprint of all three.
+Every stage saves its model in WORK/models/ with the fingerprint of everything it was made from;
+``up_to_date`` compares it so a stage with unchanged inputs and settings skips (``UpToDate``), and
+``MADE_BY`` names the command that remakes a missing or mismatched model. ``window_features``
+and ``sample_norm_scale`` are the feature reads the stages share.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.datasets import load_dataset, parse_classes
 from sppdet.detector.data.records import Dataset
-from sppdet.detector.features.rcnn import RcnnCache
+from sppdet.detector.features.rcnn_reader import RcnnCache
 from sppdet.detector.features.reader import FeatureCache
 from sppdet.detector.heads.fc import LAYERS, FcHead
 from sppdet.detector.heads.svm import feature_scale
@@ -59,6 +61,14 @@ def check_features(features: str) -> str:
     if features not in FEATURE_KINDS:
         raise SppdetError(f"--features {features!r}: choose spp or rcnn")
     return features
+
+
+@dataclass(frozen=True)
+class UpToDate:
+    """A training stage's result when its model was already made from the same inputs and
+    settings: nothing was trained."""
+
+    model: Path
 
 
 @dataclass
@@ -147,7 +157,7 @@ def window_features(
     return np.concatenate(chunks) if chunks else np.zeros((0, cache.dim), np.float32)
 
 
-def _sample_norm_scale(
+def sample_norm_scale(
     inputs: SplitInputs,
     feats: Callable[[str, np.ndarray], np.ndarray],
     windows: int,

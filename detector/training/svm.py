@@ -1,10 +1,20 @@
-"""Svm: split out of the former ``training`` module."""
+"""The ``train-svm`` stage: one linear SVM per class on pool5, fc6 or fc7 window features.
+
+Features are scaled to a mean norm of 20, estimated on random windows (``sample_norm_scale``).
+Positives are the ground-truth boxes; negatives are proposals below IoU 0.3 with every box of the
+class, deduplicated per image (``dedup_negatives``: one per conv5 cell set, or IoU > 0.7) and
+mined hard by ``heads.svm.train_svms``. fc6/fc7 come from the fine-tuned head or, with
+``--no-finetuned``, from the backbone's own (``feature_head``). WORK/models/svm.pt records the
+head it was trained on; ``load_svm`` refuses it with another head or other features.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,14 +33,17 @@ from sppdet.detector.training.finetune import build_head, load_head
 from sppdet.detector.training.inputs import (
     MADE_BY,
     SplitInputs,
+    UpToDate,
     WindowFeatures,
-    _sample_norm_scale,
     feature_settings_fingerprint,
+    sample_norm_scale,
     up_to_date,
     window_features,
 )
 
 log = logging.getLogger(__name__)
+
+Features = Callable[[str, np.ndarray], np.ndarray]  # (image id, boxes [N, 4]) -> features [N, D]
 
 
 def dedup_negatives(
@@ -51,14 +64,23 @@ def dedup_negatives(
     return np.sort(nms(boxes, order_scores, cfg.neg_dedup_iou))
 
 
+@dataclass(frozen=True)
+class SvmResult:
+    """What ``run_train_svm`` trained: the model file, its feature scale, per-class statistics."""
+
+    model: Path
+    scale: float  # features are multiplied by it to reach the mean norm ``feature_norm``
+    stats: dict[str, dict[str, Any]]  # per class: retrains, cached_negatives, cache_history
+
+
 def run_train_svm(
     work: WorkDir,
     inputs: SplitInputs,
     cfg: SvmConfig,
     finetuned: bool = True,
     force: bool = False,
-) -> dict[str, Any]:
-    """One linear SVM per class on LAYER features with hard-negative mining (svm.py)."""
+) -> SvmResult | UpToDate:
+    """One linear SVM per class on LAYER features with hard-negative mining (heads.svm)."""
     inputs.check_images()
     head = feature_head(work, inputs, cfg.layer, finetuned)
     cache, classes = inputs.cache, inputs.dataset.classes
@@ -71,39 +93,22 @@ def run_train_svm(
     }
     name = inputs.model("svm")
     if not force and up_to_date(work, name, made):
-        return {"skipped": True, "model": str(work.model(name))}
+        return UpToDate(work.model(name))
 
     def feats(image_id: str, boxes: np.ndarray) -> np.ndarray:
         return window_features(cache, head, image_id, boxes, cfg.layer)
 
-    scale = _sample_norm_scale(inputs, feats, cfg.norm_sample_windows, cfg.seed, cfg.feature_norm)
+    scale = sample_norm_scale(inputs, feats, cfg.norm_sample_windows, cfg.seed, cfg.feature_norm)
     records = inputs.dataset.records
-    positives: list[list[np.ndarray]] = [[] for _ in classes]
-    for record in track(records, len(records), "svm: positives"):
-        if len(record.boxes):
-            gt_feats = feats(record.image_id, record.boxes) * scale
-            for k in np.unique(record.labels):
-                positives[k].append(gt_feats[record.labels == k])
-    stacked = [np.concatenate(p) if p else np.zeros((0, cache.dim)) for p in positives]
-
-    def images() -> Iterator[TrainingImage]:
-        for record in records:
-            boxes = inputs.proposals(record.image_id)
-            keep = dedup_negatives(cache, record.image_id, boxes, cfg)
-            windows = image_windows(record, boxes[keep], len(classes))
-            proposals_only = ~windows.is_gt
-            negatives = (windows.class_iou < cfg.neg_iou).T & proposals_only[None]
-            rows = np.nonzero(negatives.any(axis=0))[0]
-            x = feats(record.image_id, windows.boxes[rows]) * scale
-            yield TrainingImage(features=x.astype(np.float32), negatives=negatives[:, rows])
-
+    positives = _positives(inputs, feats, scale)
+    images = _negative_candidates(inputs, feats, scale, cfg)
     with progress_bar(len(records), "svm: hard negatives") as bar:
 
         def on_image(sizes: list[int]) -> None:
             bar.advance()
             bar.note(f"svm: hard negatives (cached {', '.join(map(str, sizes))})")
 
-        scorer, stats = train_svms(stacked, images(), cfg, on_image, class_names=classes)
+        scorer, stats = train_svms(positives, images, cfg, on_image, class_names=classes)
     path = work.save_model(
         name,
         {
@@ -118,7 +123,36 @@ def run_train_svm(
             "stats": stats,
         },
     )
-    return {"scale": scale, "stats": dict(zip(classes, stats, strict=True)), "model": str(path)}
+    return SvmResult(path, scale, dict(zip(classes, stats, strict=True)))
+
+
+def _positives(inputs: SplitInputs, feats: Features, scale: float) -> list[np.ndarray]:
+    """Per class, the scaled features of its ground-truth boxes over the split [P_k, D]."""
+    records = inputs.dataset.records
+    positives: list[list[np.ndarray]] = [[] for _ in inputs.dataset.classes]
+    for record in track(records, len(records), "svm: positives"):
+        if len(record.boxes):
+            gt_feats = feats(record.image_id, record.boxes) * scale
+            for k in np.unique(record.labels):
+                positives[k].append(gt_feats[record.labels == k])
+    return [np.concatenate(p) if p else np.zeros((0, inputs.cache.dim)) for p in positives]
+
+
+def _negative_candidates(
+    inputs: SplitInputs, feats: Features, scale: float, cfg: SvmConfig
+) -> Iterator[TrainingImage]:
+    """Per image (lazily, in split order): the scaled features of its deduplicated proposals
+    that are a negative of at least one class, and of which classes."""
+    classes = inputs.dataset.classes
+    for record in inputs.dataset.records:
+        boxes = inputs.proposals(record.image_id)
+        keep = dedup_negatives(inputs.cache, record.image_id, boxes, cfg)
+        windows = image_windows(record, boxes[keep], len(classes))
+        proposals_only = ~windows.is_gt
+        negatives = (windows.class_iou < cfg.neg_iou).T & proposals_only[None]
+        rows = np.nonzero(negatives.any(axis=0))[0]
+        x = feats(record.image_id, windows.boxes[rows]) * scale
+        yield TrainingImage(features=x.astype(np.float32), negatives=negatives[:, rows])
 
 
 def feature_head(work: WorkDir, inputs: SplitInputs, layer: str, finetuned: bool) -> FcHead | None:

@@ -79,7 +79,15 @@ def test_user_errors_are_one_line(
             ["--method", "edgeboxes", "--edge-model", str(tmp_path / "nope.yml.gz")],
             "edge model not found",
         ),
-        (["--method", "slow-search"], "unknown proposal method 'slow-search'"),
+        (
+            ["--method", "slow-search"],
+            "unknown proposal method 'slow-search': choose one of ss-fast, ss-quality, edgeboxes, "
+            "ss+eb",
+        ),
+        (
+            ["--method", "ss-fast", "--edge-model", str(tmp_path / "nope.yml.gz")],
+            "--edge-model is used by --method edgeboxes or ss+eb, not 'ss-fast'",
+        ),
         (["--import", str(tmp_path / "none.mat"), "--method", "ss-fast"], "drop --method"),
     ]
     for extra, message in cases:

@@ -12,7 +12,17 @@ import torch
 
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
-from sppdet.detector.bench import PARTS, Timer, bench_windows, make_bench, speedups, spp_pool5
+from sppdet.detector.bench import (
+    PARTS,
+    ImageBench,
+    PrecisionCheck,
+    Timer,
+    _mean_check,
+    bench_windows,
+    make_bench,
+    speedups,
+    spp_pool5,
+)
 from sppdet.detector.core.config import FeatureConfig, preset
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.images import read_image
@@ -53,6 +63,28 @@ def test_speedups_by_hand() -> None:
     assert ratios["conv_fc_5_scale"] == pytest.approx(11.0 / 1.4)
 
 
+def test_mean_check_takes_the_worst_maxima_and_the_mean_of_the_rest() -> None:
+    a = PrecisionCheck(0.5, 0.1, 2.0, 0.25, 1.0)
+    b = PrecisionCheck(0.125, 0.3, 4.0, 0.75, 0.5)
+    assert _mean_check([a, b]) == PrecisionCheck(0.5, 0.2, 3.0, 0.75, 0.75)
+    assert _mean_check([]) is None
+
+
+def test_image_json_has_a_check_with_mixed_precision_only() -> None:
+    seconds = dict.fromkeys(PARTS, 0.5)
+    plain = ImageBench("img1", 24, 7, seconds, None).to_json()
+    assert plain == {"windows": 24, "proposals": 7, "image_id": "img1", "seconds": seconds}
+    check = PrecisionCheck(0.5, 0.1, 2.0, 0.25, 1.0)
+    mixed = ImageBench("img1", 24, 7, seconds, check).to_json()
+    assert mixed["check"] == {
+        "spp_max_abs_score_diff": 0.5,
+        "spp_mean_abs_score_diff": 0.1,
+        "score_std": 2.0,
+        "rcnn_max_abs_score_diff": 0.25,
+        "same_detections": 1.0,
+    }
+
+
 def test_bench_spp_features_equal_the_pipeline_cache(data: Path, tmp_path: Path) -> None:
     """The benchmark times the same computation the pipeline runs: cache + FeatureCache.pooled."""
     dataset = load_dataset(data, "test")
@@ -81,6 +113,15 @@ def test_cli_reports_every_part_and_the_precision_check(data: Path, tmp_path: Pa
     assert all(v > 0 for v in report["per_image"].values())
     assert report["speedup"] == pytest.approx(speedups(report["per_image"]))
     assert [im["windows"] for im in report["images"]] == [24, 24]
+    assert sorted(report) == sorted([
+        "backbone", "weights", "device", "device_name", "threads", "precision", "pooling",
+        "windows", "one_scale", "five_scales", "proposal_method", "images", "per_image",
+        "speedup", "check",
+    ])  # fmt: skip
+    assert report["one_scale"] == [96] and report["five_scales"] == [64, 80, 96, 112, 128]
+    for image in report["images"]:
+        assert sorted(image) == ["check", "image_id", "proposals", "seconds", "windows"]
+        assert set(image["seconds"]) == set(PARTS)
     assert report["pooling"] == (["native"] if spp_native.built() else ["torch"])  # CPU maps
     check = report["check"]
     assert 0 < check["spp_max_abs_score_diff"] < check["score_std"]  # bf16 moves scores a little

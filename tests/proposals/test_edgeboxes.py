@@ -9,7 +9,8 @@ import numpy as np
 from sppdet.detector.core.boxes import iou_matrix
 from sppdet.detector.core.config import ProposalConfig
 from sppdet.proposals.edgeboxes import edge_boxes, edge_boxes_raw
-from sppdet.proposals.edges import builtin_edge_maps, structured_edge_maps
+from sppdet.proposals.edges import builtin_edge_maps
+from sppdet.proposals.structured_edges import structured_edge_maps
 from tests.proposals.shared import SCENE
 
 

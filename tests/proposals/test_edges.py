@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from sppdet.detector.core.config import ProposalConfig
-from sppdet.detector.core.errors import SppdetError
-from sppdet.proposals.edges import builtin_edge_maps, check_edge_model
-
-# --------------------------------------------------------------------------------- edges
+from sppdet.proposals.edges import builtin_edge_maps
 
 
 def test_builtin_edges_are_thin_normalised_and_oriented() -> None:
@@ -29,17 +23,3 @@ def test_builtin_edges_are_thin_normalised_and_oriented() -> None:
     np.testing.assert_allclose(orientation[44, 5:30], np.pi / 2, atol=0.05)  # normal along y
     flat_edges, _ = builtin_edge_maps(np.full((30, 30, 3), 90, np.uint8), ProposalConfig())
     assert flat_edges.max() < 1e-6  # rounding noise is not stretched into edges
-
-
-def test_edge_model_files_are_checked(tmp_path: Path) -> None:
-    with pytest.raises(SppdetError, match="edge model not found"):
-        check_edge_model(tmp_path / "none.yml.gz")
-    garbage = tmp_path / "garbage.yml.gz"
-    garbage.write_bytes(b"\x00\x01 not a model")
-    with pytest.raises(SppdetError, match="not a structured-edge model"):
-        check_edge_model(garbage)
-    no_trees = tmp_path / "other.yml"  # valid YAML that crashes OpenCV's loader (SIGFPE)
-    no_trees.write_text("%YAML:1.0\n---\nfoo: 1\n")
-    with pytest.raises(SppdetError, match=r"missing options\.stride") as info:
-        check_edge_model(no_trees)
-    assert "\n" not in str(info.value)

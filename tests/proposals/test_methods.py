@@ -1,71 +1,129 @@
-"""Tests of ``sppdet.proposals.methods``.
-
-Proposal numerics: ranking key, filters, box conventions, Selective Search, edges, EdgeBoxes.
-"""
+"""Tests of ``sppdet.proposals.methods``: the method table, lookup, dispatch and fingerprints."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from sppdet.detector.core.boxes import iou_matrix
+from sppdet.cache.fingerprint import fingerprint
+from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.config import ProposalConfig
-from sppdet.proposals.methods import method_params, propose
-from sppdet.proposals.selective_search import segmentation_groups
-from tests.proposals.shared import SCENE
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.data.datasets import load_dataset
+from sppdet.proposals.combined import selective_search_and_edge_boxes
+from sppdet.proposals.edgeboxes import edge_boxes
+from sppdet.proposals.methods import (
+    METHODS,
+    ProposalMethod,
+    edge_methods,
+    method_params,
+    proposal_method,
+    propose,
+)
+from sppdet.proposals.ranking import finalize
+from sppdet.proposals.selective_search import selective_search
+from sppdet.proposals.stage import run_proposals
+from sppdet.proposals.store import open_proposals
+from tests.scenes import tiny_voc_tree
 
-# ------------------------------------------------------------------------- selective search
-
-
-def _libc_srand(seed: int) -> None:
-    ctypes.CDLL(ctypes.util.find_library("c")).srand(seed)
-
-
-def test_selective_search_order_does_not_depend_on_c_rand(scene: np.ndarray) -> None:
-    cfg = ProposalConfig(method="ss-fast")
-    _libc_srand(1)
-    raw_a = segmentation_groups(scene, cfg, quality=False)
-    first = propose(scene, cfg)
-    _libc_srand(987654)
-    raw_b = segmentation_groups(scene, cfg, quality=False)
-    second = propose(scene, cfg)
-    # OpenCV's own order follows rand() (so this test can fail), ours does not
-    assert any(not np.array_equal(a, b) for a, b in zip(raw_a, raw_b, strict=True))
-    assert all(
-        np.array_equal(np.unique(a, axis=0), np.unique(b, axis=0))
-        for a, b in zip(raw_a, raw_b, strict=True)
-    )
-    np.testing.assert_array_equal(first, second)
-
-
-def test_selective_search_finds_objects_and_filters(scene: np.ndarray) -> None:
-    cfg = ProposalConfig(method="ss-fast")
-    boxes = propose(scene, cfg)
-    assert boxes.dtype == np.int32 and boxes.shape[1] == 4 and 5 < len(boxes) <= cfg.max_boxes
-    widths, heights = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
-    assert widths.min() >= cfg.min_side and heights.min() >= cfg.min_side
-    assert boxes[:, :2].min() >= 0 and boxes[:, 2].max() <= 159 and boxes[:, 3].max() <= 119
-    assert len(np.unique(boxes, axis=0)) == len(boxes)
-    np.testing.assert_allclose(iou_matrix(np.array(SCENE), boxes).max(axis=1), 1.0)
-    small = propose(scene, dataclasses.replace(cfg, max_boxes=5))
-    np.testing.assert_array_equal(small, boxes[:5])  # the cut keeps the best-first prefix
-
-
-def test_ss_quality_uses_more_segmentations(scene: np.ndarray) -> None:
-    cfg = ProposalConfig(method="ss-quality")
-    assert len(segmentation_groups(scene, cfg, quality=True)) == 25  # 5 colour spaces x 5 ks
-    assert len(segmentation_groups(scene, cfg, quality=False)) == 6  # 2 x 3
-    boxes = propose(scene, cfg)
-    np.testing.assert_allclose(iou_matrix(np.array(SCENE), boxes).max(axis=1), 1.0)
+# The settings each method reads, spelled out here rather than taken from the library.
+SS = ["ss_max_side", "ss_base_k", "ss_inc_k", "ss_sigma", "ss_min_region", "ss_rank_seed"]
+EB = ["eb_max_side", "eb_alpha", "eb_beta", "eb_min_score", "eb_max_aspect_ratio",
+      "eb_min_box_area", "eb_edge_merge_thr", "eb_cluster_min_mag"]  # fmt: skip
+EDGES = ["edge_sigmas", "edge_norm_radius", "edge_percentile", "edge_gamma"]
+HEAD = ["method", "max_boxes", "min_side"]
+TAIL = ["opencv", "algorithm_version"]
+# (method, with an edge model) -> the params' keys, in order.
+EXPECTED_KEYS = {
+    ("ss-fast", False): [*HEAD, *SS, *TAIL],
+    ("ss-quality", False): [*HEAD, *SS, *TAIL],
+    ("edgeboxes", False): [*HEAD, *EB, *EDGES, "edges", *TAIL],
+    ("edgeboxes", True): [*HEAD, *EB, "edges", *TAIL],
+    ("ss+eb", False): [*HEAD, *SS, *EB, *EDGES, "edges", *TAIL],
+    ("ss+eb", True): [*HEAD, *SS, *EB, "edges", *TAIL],
+}
+# Fingerprints of the default settings (built-in edges, OpenCV 5.0.0) recorded before the method
+# table replaced the if/else dispatch: stores made before and after must match.
+RECORDED_FINGERPRINTS = {
+    "ss-fast": "cfc835edb5ff7882",
+    "ss-quality": "6fbe1d1fc81fb710",
+    "edgeboxes": "f6aa04880b24b8ba",
+    "ss+eb": "28dbd4c168e17f38",
+}
+NOT_PER_METHOD = {"method", "shard_size"}  # the method's name itself; the store's layout
 
 
-@pytest.mark.parametrize("method", ["ss-fast", "ss-quality", "edgeboxes", "ss+eb"])
+@pytest.fixture
+def edge_model(tmp_path: Path) -> Path:
+    model = tmp_path / "m.yml"  # method_params only hashes the file
+    model.write_text("%YAML:1.0\n")
+    return model
+
+
+def _perturbed(cfg: ProposalConfig, name: str) -> ProposalConfig:
+    value = getattr(cfg, name)
+    if isinstance(value, tuple):
+        return dataclasses.replace(cfg, **{name: (*value, 5.0)})
+    return dataclasses.replace(cfg, **{name: value + (1 if isinstance(value, int) else 0.25)})
+
+
+def _grid_boxes(
+    rgb: np.ndarray, cfg: ProposalConfig, edge_model: str | Path | None = None
+) -> np.ndarray:
+    """A trivial method: the whole image, then its four quarters (row by row)."""
+    height, width = rgb.shape[:2]
+    xs, ys = (0, width // 2, width), (0, height // 2, height)
+    quarters = [(xs[i], ys[j], xs[i + 1] - 1, ys[j + 1] - 1) for j in (0, 1) for i in (0, 1)]
+    boxes = np.array([(0, 0, width - 1, height - 1), *quarters])
+    return finalize(boxes, np.arange(len(boxes)), width, height, cfg.min_side, cfg.max_boxes)
+
+
+GRID = ProposalMethod("grid", _grid_boxes, settings=())
+# The tiny VOC scenes are 160 x 120.
+GRID_BOXES_160x120 = [
+    [0, 0, 159, 119],
+    [0, 0, 79, 59],
+    [80, 0, 159, 59],
+    [0, 60, 79, 119],
+    [80, 60, 159, 119],
+]
+
+
+def test_unknown_methods_are_refused_in_one_line_naming_the_known_ones(scene: np.ndarray) -> None:
+    known = "choose one of ss-fast, ss-quality, edgeboxes, ss+eb"
+    message = f"unknown proposal method 'slow-search': {known}"
+    with pytest.raises(SppdetError, match=re.escape(message)) as info:
+        proposal_method("slow-search")
+    assert "\n" not in str(info.value)
+    cfg = ProposalConfig(method="slow-search")
+    with pytest.raises(SppdetError, match="unknown proposal method 'slow-search'"):
+        propose(scene, cfg)
+    with pytest.raises(SppdetError, match="unknown proposal method 'slow-search'"):
+        method_params(cfg)
+
+
+def test_the_table_names_each_methods_function_and_edge_use(scene: np.ndarray) -> None:
+    assert list(METHODS) == ["ss-fast", "ss-quality", "edgeboxes", "ss+eb"]
+    assert all(proposal_method(name).name == name for name in METHODS)
+    assert edge_methods() == ["edgeboxes", "ss+eb"]
+    cfg = ProposalConfig()
+    direct = {
+        "ss-fast": selective_search(scene, cfg),
+        "ss-quality": selective_search(scene, cfg, quality=True),
+        "edgeboxes": edge_boxes(scene, cfg),
+        "ss+eb": selective_search_and_edge_boxes(scene, cfg),
+    }
+    for name, boxes in direct.items():
+        assert len(boxes) > 0
+        np.testing.assert_array_equal(propose(scene, dataclasses.replace(cfg, method=name)), boxes)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("shape", [(1, 1), (12, 9), (40, 18)])
 def test_tiny_images_give_no_boxes_or_valid_ones(method: str, shape: tuple[int, int]) -> None:
     rgb = np.random.default_rng(0).integers(0, 255, (*shape, 3)).astype(np.uint8)
@@ -74,23 +132,65 @@ def test_tiny_images_give_no_boxes_or_valid_ones(method: str, shape: tuple[int, 
     assert len(boxes) == 0 or (boxes[:, 2] - boxes[:, 0] + 1).min() >= 20
 
 
-def test_ss_plus_eb_interleaves_both_lists(scene: np.ndarray) -> None:
-    ss = propose(scene, ProposalConfig(method="ss-fast"))
-    eb = propose(scene, ProposalConfig(method="edgeboxes"))
-    both = propose(scene, ProposalConfig(method="ss+eb"))
-    np.testing.assert_array_equal(both[0], ss[0])
-    second = eb[0] if not (ss[:1] == eb[0]).all(axis=1).any() else ss[1]
-    np.testing.assert_array_equal(both[1], second)
-    assert len(both) == len(np.unique(np.concatenate([ss, eb]), axis=0))
+@pytest.mark.parametrize(("method", "with_model"), list(EXPECTED_KEYS))
+def test_each_fingerprint_holds_exactly_its_methods_settings(
+    method: str, with_model: bool, edge_model: Path
+) -> None:
+    cfg = ProposalConfig(method=method)
+    model = edge_model if with_model else None
+    params = method_params(cfg, model)
+    assert list(params) == EXPECTED_KEYS[method, with_model]
+    assert params["method"] == method and params["opencv"] == cv2.__version__
+    # Behaviour, not just names: a setting moves the fingerprint if and only if the method reads it
+    base = fingerprint(params)
+    for field in dataclasses.fields(ProposalConfig):
+        if field.name in NOT_PER_METHOD:
+            continue
+        moved = fingerprint(method_params(_perturbed(cfg, field.name), model)) != base
+        assert moved == (field.name in params), field.name
 
 
-def test_method_params_hold_only_what_decides_the_boxes(tmp_path: Path) -> None:
-    ss = method_params(ProposalConfig(method="ss-fast"))
-    assert ss["method"] == "ss-fast" and "ss_base_k" in ss and "eb_alpha" not in ss
-    eb = method_params(ProposalConfig(method="edgeboxes"))
-    assert eb["edges"] == "built-in" and "edge_sigmas" in eb and "ss_base_k" not in eb
-    model = tmp_path / "m.yml"
-    model.write_text("%YAML:1.0\n")
-    with_model = method_params(ProposalConfig(method="ss+eb"), model)
-    assert with_model["edges"].startswith("structured:") and "edge_sigmas" not in with_model
-    assert ss["opencv"] == cv2.__version__
+def test_default_fingerprints_match_the_ones_recorded_before_the_table() -> None:
+    for method, recorded in RECORDED_FINGERPRINTS.items():
+        params = {**method_params(ProposalConfig(method=method)), "opencv": "5.0.0"}
+        assert fingerprint(params) == recorded, method
+
+
+def test_every_setting_is_in_some_methods_fingerprint(edge_model: Path) -> None:
+    # A new ProposalConfig field that no table entry names would leave stale stores unnoticed.
+    seen = {key for method in METHODS for key in method_params(ProposalConfig(method=method))}
+    names = {field.name for field in dataclasses.fields(ProposalConfig)}
+    assert names - NOT_PER_METHOD <= seen
+
+
+def test_a_new_method_carries_only_the_settings_its_entry_names(
+    monkeypatch: pytest.MonkeyPatch, edge_model: Path
+) -> None:
+    # The old dispatch added the Selective Search settings to every method but "edgeboxes".
+    monkeypatch.setitem(METHODS, GRID.name, GRID)
+    edge_grid = dataclasses.replace(GRID, name="edge-grid", uses_edges=True)
+    monkeypatch.setitem(METHODS, edge_grid.name, edge_grid)
+    assert list(method_params(ProposalConfig(method="grid"))) == [*HEAD, *TAIL]
+    assert list(method_params(ProposalConfig(method="edge-grid"))) == [
+        *HEAD, *EDGES, "edges", *TAIL
+    ]  # fmt: skip
+    with_model = method_params(ProposalConfig(method="edge-grid"), edge_model)
+    assert list(with_model) == [*HEAD, "edges", *TAIL]
+    assert edge_methods() == ["edgeboxes", "ss+eb", "edge-grid"]
+
+
+def test_a_method_registered_with_one_entry_runs_through_the_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edge_model: Path
+) -> None:
+    monkeypatch.setitem(METHODS, GRID.name, GRID)
+    dataset = load_dataset(tiny_voc_tree(tmp_path), "trainval")
+    work = WorkDir.at(tmp_path / "work")
+    cfg = ProposalConfig(method="grid", shard_size=2)
+    summary = run_proposals(dataset, work, cfg, progress=False)  # one worker: this process
+    assert (summary.method, summary.computed, summary.mean_boxes) == ("grid", 5, 5.0)
+    with open_proposals(work, "trainval") as store:
+        assert set(store.params) == {*HEAD, *TAIL} and store.params["method"] == "grid"
+        for image_id in store.image_ids:
+            np.testing.assert_array_equal(store.boxes(image_id), GRID_BOXES_160x120)
+    with pytest.raises(SppdetError, match=r"--edge-model is used by --method edgeboxes or ss\+eb"):
+        run_proposals(dataset, work, cfg, edge_model=edge_model, progress=False)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+import sppdet.proposals.shard_task as shard_task
 import sppdet.proposals.stage as stage
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.boxes import iou_matrix
@@ -186,7 +187,7 @@ def test_a_crash_mid_shard_leaves_no_file_and_the_rerun_matches(
     _, digests = clean_run
     work = tmp_path / "crash"
     calls = {"n": 0}
-    real = stage.propose
+    real = shard_task.propose
 
     def crash_on_fourth(*args: object, **kwargs: object) -> np.ndarray:
         calls["n"] += 1
@@ -194,12 +195,12 @@ def test_a_crash_mid_shard_leaves_no_file_and_the_rerun_matches(
             raise KeyboardInterrupt
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(stage, "propose", crash_on_fourth)
+    monkeypatch.setattr(shard_task, "propose", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_voc, work)
     root = work / "proposals" / "trainval"
     assert sorted(p.name for p in root.iterdir()) == ["shard-00000.h5", "store.json"]
-    monkeypatch.setattr(stage, "propose", real)
+    monkeypatch.setattr(shard_task, "propose", real)
     summary = _run(tiny_voc, work)
     assert summary.computed == 3
     assert file_digests(root) == digests

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sppdet.detector.backbones.preprocessing import TORCHVISION_PREPROCESSING, Preprocessing
-from sppdet.detector.backbones.trunk import ZF5_PREPROCESSING
+from sppdet.detector.backbones.zf5 import ZF5_PREPROCESSING
 from sppdet.detector.core.errors import SppdetError
 
 

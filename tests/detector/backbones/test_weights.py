@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 from sppdet.detector.backbones.preprocessing import TORCHVISION_PREPROCESSING
-from sppdet.detector.backbones.weights import load_backbone
+from sppdet.detector.backbones.weights import describe_weights, load_backbone
+from sppdet.detector.backbones.zf5 import ZF5_PREPROCESSING
 from sppdet.detector.core.errors import SppdetError
 
 
@@ -43,3 +44,12 @@ def test_imagenet_weights_offline_is_one_clear_line(tmp_path, monkeypatch):
     assert "alexnet-owt-7be5be79.pth" in message
     with pytest.raises(SppdetError, match="no ZF-5 weights"):
         load_backbone("zf5", "imagenet")
+
+
+def test_weights_ids_and_preprocessing_without_building():
+    assert describe_weights("zf5", "random") == ("random:seed0", ZF5_PREPROCESSING)
+    assert describe_weights("vgg16", "random") == ("random:seed0", TORCHVISION_PREPROCESSING)
+    assert describe_weights("alexnet", "imagenet") == (
+        "imagenet:AlexNet_Weights.IMAGENET1K_V1",
+        TORCHVISION_PREPROCESSING,
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 
 from sppdet.detector.core.boxes import (
     areas,
@@ -56,6 +58,46 @@ def test_nms_threshold_is_strict_greater() -> None:
     boxes = np.array([[0, 0, 9, 9], [5, 0, 14, 9]], np.float32)
     assert sorted(nms(boxes, np.array([1.0, 0.5]), 1 / 3 + 1e-9).tolist()) == [0, 1]
     assert nms(boxes, np.array([1.0, 0.5]), 0.3).tolist() == [0]
+
+
+def _random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
+    xy = rng.integers(0, 60, size=(n, 2))
+    return np.concatenate([xy, xy + rng.integers(0, 40, size=(n, 2))], axis=1).astype(np.float32)
+
+
+def test_nms_is_torchvision_on_boxes_one_pixel_wider() -> None:
+    """The +1 convention: an inclusive box x1..x2 covers the continuous interval [x1, x2 + 1)."""
+    # Continuous IoU of these two is 36 / 126 = 0.286, the devkit's 50 / 150 = 1/3.
+    pair = np.array([[0, 0, 9, 9], [5, 0, 14, 9]], np.float32)
+    assert nms(pair, np.array([1.0, 0.5]), 0.3).tolist() == [0]
+    unshifted = torchvision.ops.nms(torch.tensor(pair), torch.tensor([1.0, 0.5]), 0.3)
+    assert unshifted.tolist() == [0, 1]  # without the shift both would be kept
+    rng = np.random.default_rng(7)
+    boxes = _random_boxes(rng, 200)
+    scores = rng.random(200)
+    wider = np.array([[x1, y1, x2 + 1, y2 + 1] for x1, y1, x2, y2 in boxes.tolist()])
+    for thr in (0.3, 0.5, 0.7):
+        expected = torchvision.ops.nms(torch.tensor(wider), torch.tensor(scores), thr)
+        np.testing.assert_array_equal(nms(boxes, scores, thr), expected.numpy())
+
+
+def test_nms_with_classes_suppresses_within_a_class_only() -> None:
+    rng = np.random.default_rng(8)
+    boxes = _random_boxes(rng, 300)
+    scores = rng.random(300).astype(np.float32)
+    classes = rng.integers(0, 3, size=300)
+    kept = nms(boxes, scores, 0.3, classes=classes)
+    # Highest score first over all classes; per class, exactly the single-class NMS.
+    assert (np.diff(scores[kept]) <= 0).all()
+    for k in range(3):
+        rows = np.nonzero(classes == k)[0]
+        alone = rows[_reference_nms(boxes[rows], scores[rows], 0.3)]
+        assert kept[classes[kept] == k].tolist() == alone.tolist()
+    # Two identical boxes of different classes both survive.
+    same = np.array([[0, 0, 9, 9], [0, 0, 9, 9]], np.float32)
+    assert nms(same, np.array([1.0, 0.5]), 0.3, classes=np.array([0, 1])).tolist() == [0, 1]
+    assert nms(same, np.array([1.0, 0.5]), 0.3).tolist() == [0]
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.3, classes=np.zeros(0, np.int64)).shape == (0,)
 
 
 def test_deltas_round_trip_and_known_values() -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from sppdet.cache.fingerprint import fingerprint
 from sppdet.detector.core.config import (
     PAPER_SCALES_5,
     RELEASED_SCALES_5,
+    BboxConfig,
+    FeatureConfig,
+    FinetuneConfig,
+    SppConfig,
     as_dict,
     override,
     preset,
+    section_from_dict,
 )
 from sppdet.detector.core.errors import SppdetError
 
@@ -47,5 +55,39 @@ def test_override_ignores_options_not_given() -> None:
 
 
 def test_unknown_preset_lists_choices() -> None:
-    with pytest.raises(SppdetError, match="paper, quick-cpu, released"):
+    with pytest.raises(SppdetError, match="demo, paper, quick-cpu, released"):
         preset("fast")
+
+
+def test_demo_preset_is_quick_cpu_with_a_300_batch_finetuning() -> None:
+    demo, quick = preset("demo"), preset("quick-cpu")
+    assert (demo.finetune.iterations, demo.finetune.lr_steps) == (300, (225,))
+    assert (demo.demo.images, demo.demo.drawings) == (80, 6)
+    # Everything else is quick-cpu's.
+    short = dataclasses.replace(quick.finetune, iterations=300, lr_steps=(225,))
+    assert dataclasses.replace(quick, preset="demo", finetune=short) == demo
+
+
+def test_default_sections_keep_their_fingerprints() -> None:
+    """Constants named outside the sections (fc6's and the regressors' norm samples) must not
+    enter the models' fingerprints: these are the values before they were named."""
+    assert fingerprint(as_dict(FinetuneConfig())) == "943fb1c6ed6c956c"
+    assert fingerprint(as_dict(BboxConfig())) == "10c53afacd68b59a"
+
+
+def test_section_from_dict_rebuilds_a_recorded_section() -> None:
+    recorded = as_dict(FeatureConfig(scales=(480, 688), flip=True))
+    assert recorded["scales"] == [480, 688]  # JSON has lists
+    rebuilt = section_from_dict(FeatureConfig, recorded, "settings.json", "rerun")
+    assert rebuilt == FeatureConfig(scales=(480, 688), flip=True)
+    # Keys it lacks keep their defaults.
+    assert section_from_dict(SppConfig, {"pyramid": [1, 2]}, "x", "y") == SppConfig(pyramid=(1, 2))
+
+
+def test_section_from_dict_refuses_unknown_keys_naming_section_keys_and_fix() -> None:
+    recorded = {**as_dict(SppConfig()), "levels": 4, "bins": [1, 2]}
+    with pytest.raises(SppdetError) as error:
+        section_from_dict(SppConfig, recorded, "WORK/settings.json", "rerun `sppdet x`")
+    assert str(error.value) == (
+        "WORK/settings.json: unknown SppConfig settings bins, levels; rerun `sppdet x`"
+    )

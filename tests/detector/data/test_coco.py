@@ -1,11 +1,14 @@
-"""Tests of ``sppdet.detector.data.coco``."""
+"""Tests of ``sppdet.detector.data.coco``: COCO boxes become inclusive pixel boxes, crowds are
+difficult, and bad files are refused naming the file."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.coco import load_coco
+from tests.detector.data.shared import coco_json
 
 
 def test_coco_reader_bad_files(tmp_path):
@@ -14,3 +17,15 @@ def test_coco_reader_bad_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SppdetError, match="not valid JSON"):
         load_coco(tmp_path / "bad.json")
+
+
+def test_coco_reader(tmp_path):
+    dataset = load_coco(coco_json(tmp_path / "gt.json"))
+    assert dataset.classes == ("ant", "zebra")  # in category id order
+    assert [r.image_id for r in dataset.records] == ["3", "7"]
+    a = dataset.records[0]
+    assert a.path == tmp_path / "a.jpg" and (a.width, a.height) == (60, 30)
+    np.testing.assert_array_equal(a.boxes, [[2, 3, 11, 6], [0, 0, 59, 29]])  # inclusive ends
+    assert a.labels.tolist() == [0, 1]
+    assert a.difficult.tolist() == [False, True]  # iscrowd
+    assert len(dataset.records[1].labels) == 0

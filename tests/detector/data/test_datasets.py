@@ -1,17 +1,14 @@
-"""Tests of ``sppdet.detector.data.datasets``."""
+"""Tests of ``sppdet.detector.data.datasets``: the reader ``--data`` selects, and ``--classes``."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 
 from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.data.coco import load_coco
 from sppdet.detector.data.datasets import load_dataset, parse_classes
 from sppdet.detector.data.records import VOC_CLASSES
-from tests.detector.data.shared import voc_tree
+from tests.detector.data.shared import coco_json, voc_tree
 
 
 def test_voc_root_may_hold_a_voc2007_folder(tmp_path):
@@ -19,43 +16,14 @@ def test_voc_root_may_hold_a_voc2007_folder(tmp_path):
     assert len(load_dataset(tmp_path, "test")) == 2
 
 
-# ----------------------------------------------------------------------------- COCO
-
-
-def coco_json(path: Path) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "images": [
-                    {"id": 7, "file_name": "b.jpg", "width": 50, "height": 40},
-                    {"id": 3, "file_name": "a.jpg", "width": 60, "height": 30},
-                ],
-                "annotations": [
-                    {"id": 1, "image_id": 3, "category_id": 5, "bbox": [2, 3, 10, 4],
-                     "area": 40, "iscrowd": 0},
-                    {"id": 2, "image_id": 3, "category_id": 9, "bbox": [0, 0, 60, 30],
-                     "area": 1800, "iscrowd": 1},
-                ],
-                "categories": [{"id": 9, "name": "zebra"}, {"id": 5, "name": "ant"}],
-            }
-        )
-    )  # fmt: skip
-    return path
-
-
-def test_coco_reader(tmp_path):
-    dataset = load_dataset(coco_json(tmp_path / "gt.json"), "ignored")
-    assert dataset.classes == ("ant", "zebra")  # in category id order
-    assert [r.image_id for r in dataset.records] == ["3", "7"]
-    a = dataset.records[0]
-    assert a.path == tmp_path / "a.jpg" and (a.width, a.height) == (60, 30)
-    np.testing.assert_array_equal(a.boxes, [[2, 3, 11, 6], [0, 0, 59, 29]])  # inclusive ends
-    assert a.labels.tolist() == [0, 1]
-    assert a.difficult.tolist() == [False, True]  # iscrowd
-    assert len(dataset.records[1].labels) == 0
-
-
-# ----------------------------------------------------------------------------- classes
+def test_a_json_file_is_read_as_coco_and_a_missing_path_is_refused(tmp_path):
+    gt = coco_json(tmp_path / "gt.json")
+    via = load_dataset(gt, "ignored")
+    direct = load_coco(gt)
+    assert (via.name, via.classes) == (direct.name, direct.classes) == ("gt", ("ant", "zebra"))
+    assert [r.image_id for r in via.records] == [r.image_id for r in direct.records]
+    with pytest.raises(SppdetError, match="dataset not found"):
+        load_dataset(tmp_path / "nowhere", "test")
 
 
 def test_parse_classes():

@@ -9,8 +9,6 @@ import pytest
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.images import read_image
 
-# ----------------------------------------------------------------------------- images
-
 
 def test_read_image_gives_rgb_and_three_channels(tmp_path):
     bgr = np.zeros((4, 6, 3), np.uint8)

@@ -1,7 +1,5 @@
-"""Tests of ``sppdet.detector.data.voc``.
-
-Dataset readers: VOC trees (every bad-input case named), COCO JSON, class lists, images.
-"""
+"""Tests of ``sppdet.detector.data.voc``: reading VOC trees, and every bad-input case refused with
+a message that names the file."""
 
 from __future__ import annotations
 
@@ -29,9 +27,6 @@ def box_object(name: str, x1, y1, x2, y2, difficult: int = 0) -> str:
         f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
         f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
     )
-
-
-# ----------------------------------------------------------------------------- reading a tree
 
 
 def test_voc_boxes_become_zero_based_and_difficult_is_kept(tmp_path):
@@ -67,9 +62,6 @@ def test_voc_image_found_through_filename_element(tmp_path):
     xml = tmp_path / "Annotations" / "a.xml"
     xml.write_text(xml.read_text().replace("<filename>a.jpg", "<filename>photo.png"))
     assert load_voc(tmp_path, "test").records[0].path.name == "photo.png"
-
-
-# ----------------------------------------------------------------------------- bad input
 
 
 def test_missing_voc_tree(tmp_path):

@@ -1,6 +1,6 @@
 """Tests of ``sppdet.detector.evaluation.voc``.
 
-VOC / COCO evaluation: each devkit rule on a hand-computed case, plus a literal devkit port.
+VOC evaluation: each devkit rule on a hand-computed case, plus a literal devkit port.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import pytest
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.records import Dataset, ImageRecord
 from sppdet.detector.evaluation import ap as ev
-from sppdet.detector.evaluation.ap import (
-    paired_iou,
-)
+from sppdet.detector.evaluation.ap import paired_iou
 from sppdet.detector.evaluation.voc import ClassDetections, evaluate_voc
 from tests.detector.evaluation.shared import GT, dets
 

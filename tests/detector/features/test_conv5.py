@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from sppdet.cache.shards import ShardedStore
-from sppdet.detector.backbones.trunk import ZF5_PREPROCESSING, build_trunk
+from sppdet.detector.backbones.trunk import build_trunk
+from sppdet.detector.backbones.zf5 import ZF5_PREPROCESSING
 from sppdet.detector.data.images import read_image
 from sppdet.detector.features.conv5 import conv5_name, resized_size
 from tests.detector.features.shared import CONFIG

@@ -1,8 +1,14 @@
-"""FeatureCache: pooled window features from the conv5 cache, checked against direct pooling."""
+"""Tests of ``sppdet.detector.features.reader``.
+
+FeatureCache: pooled window features from the conv5 cache, checked against direct pooling; and
+``cache_info``'s summary of a cache, checked against the store's files.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +18,7 @@ from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.config import SppConfig
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.voc import load_voc
-from sppdet.detector.features.reader import FeatureCache
+from sppdet.detector.features.reader import FeatureCache, cache_info
 from sppdet.detector.features.writer import cache_features
 from sppdet.detector.spp.scales import best_scale_area, best_scale_released
 from tests.detector.features.shared import CONFIG, make_tiny_voc
@@ -156,3 +162,43 @@ def test_reads_only_the_maps_it_needs(work):
         assert cache.pooled("im04", np.zeros((0, 4))).shape == (0, cache.dim)
         with pytest.raises(ValueError, match="out must be"):
             cache.pooled("im04", boxes, 0, out=torch.zeros(1, cache.dim))
+
+
+def test_cache_info_describes_the_store_files(work, tmp_path):
+    root = work.features("trainval")
+    shards = sorted(root.glob("shard-*.h5"))
+    stored = json.loads((root / "store.json").read_text())
+    info = cache_info(work, "trainval")
+    assert (info.path, info.images, info.images_cached) == (root, 5, 5)
+    assert (info.shards_done, info.shards_total) == (3, 3) == (len(shards), 3)  # 5 images by 2
+    assert (info.backbone, info.weights, info.scales) == ("zf5", "random:seed0", [100, 160])
+    assert (info.max_size, info.dtype, info.flip) == (300, "float16", True)
+    assert info.preprocessing == stored["params"]["preprocessing"]
+    assert info.fingerprint == stored["fingerprint"]
+    assert info.bytes_total == sum(p.stat().st_size for p in shards)
+    assert info.bytes_per_image == info.bytes_total / 5
+    assert info.to_dict() == {
+        "path": str(root),
+        "images": 5,
+        "images_cached": 5,
+        "shards": "3/3",
+        "backbone": "zf5",
+        "weights": "random:seed0",
+        "scales": [100, 160],
+        "max_size": 300,
+        "dtype": "float16",
+        "flip": True,
+        "preprocessing": stored["params"]["preprocessing"],
+        "bytes_total": info.bytes_total,
+        "bytes_per_image": info.bytes_total / 5,
+        "fingerprint": stored["fingerprint"],
+    }
+    # An interrupted cache: shard 1 (images im02, im03) missing.
+    partial = WorkDir.at(tmp_path)
+    shutil.copytree(root, partial.features("trainval"))
+    (partial.features("trainval") / "shard-00001.h5").unlink()
+    info = cache_info(partial, "trainval")
+    assert (info.images, info.images_cached, info.shards_done) == (5, 3, 2)
+    assert info.to_dict()["shards"] == "2/3"
+    assert info.bytes_total == shards[0].stat().st_size + shards[2].stat().st_size
+    assert info.bytes_per_image == info.bytes_total / 3

@@ -6,20 +6,22 @@ cache-features: resizing and the size cap, stored maps, fingerprint, resume and 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 
 import sppdet.detector.features.conv5 as conv5
-import sppdet.detector.features.writer as featurize
+import sppdet.detector.features.writer as writer_module
 from sppdet.cache.shards import ShardedStore, ShardWriter
 from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
 from sppdet.detector.backbones.checkpoint import save_backbone_checkpoint
 from sppdet.detector.backbones.preprocessing import Preprocessing
-from sppdet.detector.backbones.trunk import ZF5_PREPROCESSING, build_trunk
+from sppdet.detector.backbones.trunk import build_trunk
+from sppdet.detector.backbones.zf5 import ZF5_PREPROCESSING
 from sppdet.detector.core.config import FeatureConfig, SppConfig
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.voc import load_voc
@@ -82,7 +84,7 @@ def test_other_settings_are_refused_unless_forced(voc, tmp_path):
 
 def test_crash_leaves_no_valid_partial_shard_and_rerun_resumes(voc, tmp_path, built):
     dataset = load_voc(voc, "trainval")
-    real = featurize.compute_conv5
+    real = writer_module.compute_conv5
     calls = []
 
     def dies_on_the_fourth_image(*args, **kwargs):
@@ -91,12 +93,12 @@ def test_crash_leaves_no_valid_partial_shard_and_rerun_resumes(voc, tmp_path, bu
             raise KeyboardInterrupt  # Ctrl-C in the middle of shard 1 (images 2, 3)
         return real(*args, **kwargs)
 
-    featurize.compute_conv5 = dies_on_the_fourth_image
+    writer_module.compute_conv5 = dies_on_the_fourth_image
     try:
         with pytest.raises(KeyboardInterrupt):
             cache_features(dataset, tmp_path, CONFIG, progress=False)
     finally:
-        featurize.compute_conv5 = real
+        writer_module.compute_conv5 = real
     root = WorkDir.at(tmp_path).features("trainval")
     assert sorted(p.name for p in root.glob("shard-*")) == ["shard-00000.h5"]
     with pytest.raises(SppdetError, match="incomplete"):
@@ -108,11 +110,11 @@ def test_crash_leaves_no_valid_partial_shard_and_rerun_resumes(voc, tmp_path, bu
         counted.append(1)
         return real(*args, **kwargs)
 
-    featurize.compute_conv5 = counting
+    writer_module.compute_conv5 = counting
     try:
         stats = cache_features(dataset, tmp_path, CONFIG, progress=False)
     finally:
-        featurize.compute_conv5 = real
+        writer_module.compute_conv5 = real
     assert (stats.computed, len(counted)) == (3, 3)  # shards 1 and 2 only
     assert not list(root.glob("*.tmp-*"))
     resumed = ShardedStore.open(root, "features", "sppdet cache-features")
@@ -160,7 +162,15 @@ def test_cli_cache_features_and_cache_info(voc, tmp_path, capsys):
     assert run_app([*args, "--device", "cpu", "--pyramid", "6"]) == 0
     assert run_app(["cache-info", "--work", work]) == 0
     out = capsys.readouterr().out
-    assert "5 of 5 cached" in out and "fingerprint" in out and "100" in out
+    assert "5 of 5 cached (shards 2/2)" in out and "fingerprint" in out and "100" in out
+    assert run_app(["cache-info", "--work", work, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    root = WorkDir.at(work).features("trainval")
+    total = sum(p.stat().st_size for p in root.glob("shard-*.h5"))
+    assert shown["path"] == str(root) and shown["shards"] == "2/2"  # 5 images, 4 a shard
+    assert (shown["images"], shown["images_cached"], shown["scales"]) == (5, 5, [100])
+    assert (shown["bytes_total"], shown["bytes_per_image"]) == (total, total / 5)
+    assert shown["fingerprint"] == json.loads((root / "store.json").read_text())["fingerprint"]
     assert run_app([*args, "--dtype", "float8"]) == 2
     assert "--dtype 'float8'" in capsys.readouterr().err
     assert run_app(["cache-info", "--work", str(tmp_path / "nothing")]) == 2

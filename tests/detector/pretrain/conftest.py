@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.detector.pretrain.shared import make_color_tree
 
@@ -12,3 +13,13 @@ from tests.detector.pretrain.shared import make_color_tree
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     return make_color_tree(tmp_path_factory.mktemp("tree"), per_class=16)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on two cores shared with other work, small convolutions run several
+    times faster than with two threads waiting for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

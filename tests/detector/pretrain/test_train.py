@@ -22,13 +22,17 @@ from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.features.writer import cache_features
-from sppdet.detector.pretrain.classify import classify_eval, load_classifier
-from sppdet.detector.pretrain.train import Plateau, pretrain, state_path
+from sppdet.detector.pretrain.classifier import load_classifier
+from sppdet.detector.pretrain.classify import classify_eval
+from sppdet.detector.pretrain.resume import state_path
+from sppdet.detector.pretrain.train import Plateau, pretrain
 from tests.detector.pretrain.shared import CFG, make_color_tree
 
 # Long enough to learn red from blue: from the paper's initialisation (fc8 ~ N(0, 0.01)) the
 # loss stays near ln 2 for the first dozen steps.
 LEARN = dataclasses.replace(CFG, epochs=5, fc_dim=32, seed=1)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -39,16 +43,6 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on two cores shared with other work, small convolutions run several
-    times faster than with two threads waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +84,9 @@ def test_training_learns_and_alternates_sizes(learned, tree):
     assert result.history[-1]["heldout_error"] == 0.0
     report = classify_eval(out, tree, "test", workers=0, progress=False, device="cpu")
     for view in ("center", "full", "multiview"):
-        assert report["results"][view]["top1"] >= 0.9, (view, report["results"][view])
-        assert report["results"][view]["top5"] is None  # two classes
-    assert report["results"]["center"]["samples"] == 32
+        assert report.results[view].top1 >= 0.9, (view, report.results[view])
+        assert report.results[view].top5 is None  # two classes
+    assert report.results["center"].samples == 32
 
 
 def test_same_seed_same_weights_whatever_the_workers(trained, small_tree, tmp_path):

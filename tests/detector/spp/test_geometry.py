@@ -7,20 +7,16 @@ import pytest
 import torch
 from torch import nn
 
+from sppdet.detector.backbones.registry import backbone_names, backbone_spec
 from sppdet.detector.backbones.trunk import build_trunk
 from sppdet.detector.spp.geometry import (
     CellGeometry,
     boxes_to_cells,
     edge_shift,
-    layer_geometry,
-    module_layers,
     scale_factor,
 )
 
 ZF5 = CellGeometry(16, 20.0, 139)
-
-
-# ------------------------------------------------------------------------------ geometry
 
 
 def _linearised(features: nn.Sequential) -> nn.Sequential:
@@ -47,9 +43,9 @@ def _linearised(features: nn.Sequential) -> nn.Sequential:
         ("vgg16", (16, 7.5, 196), 260),
     ],
 )
-def test_geometry_matches_the_receptive_fields_of_the_real_layers(arch, expected, size):
+def test_declared_geometry_matches_the_receptive_fields_of_the_real_layers(arch, expected, size):
     trunk = build_trunk(arch)
-    geometry = layer_geometry(module_layers(trunk.features))
+    geometry = backbone_spec(arch).geometry
     assert (geometry.stride, geometry.offset, geometry.receptive_field) == expected
     net = _linearised(trunk.features).double()
     x = torch.ones(1, 1, size, size, dtype=torch.float64, requires_grad=True)
@@ -102,8 +98,9 @@ def test_paper_rule_is_the_appendix_formula():
     assert np.array_equal(cells[ok, :2], left[ok]) and np.array_equal(cells[ok, 2:], right[ok])
 
 
-@pytest.mark.parametrize("geometry", [ZF5, CellGeometry(16, 15.0, 163), CellGeometry(16, 7.5, 196)])
-def test_window_centre_lands_on_the_nearest_cell(geometry):
+@pytest.mark.parametrize("arch", backbone_names())
+def test_window_centre_lands_on_the_nearest_cell(arch):
+    geometry = backbone_spec(arch).geometry
     rng = np.random.default_rng(3)
     x1 = rng.uniform(300, 700, 4000)
     w = np.exp(rng.uniform(0, 6, 4000))

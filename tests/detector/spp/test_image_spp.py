@@ -1,4 +1,5 @@
-"""Tests of ``sppdet.detector.spp.image_spp``."""
+"""Tests of ``sppdet.detector.spp.image_spp``: whole-map SPP is window SPP over the full map, and
+the paper's sliding form agrees with the bins exactly where ``sliding_agrees`` says."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from sppdet.detector.spp.image_spp import image_spp, sliding_agrees, sliding_bins
+from sppdet.detector.spp.pooler import window_spp
 
 
 def test_sliding_form_agrees_only_where_documented():
@@ -32,3 +34,13 @@ def test_sliding_form_agrees_only_where_documented():
                 slid, nn.functional.adaptive_max_pool2d(conv, n)
             )
             assert sliding_agrees(a, n) == same, (a, n)
+
+
+def test_image_spp_equals_window_spp_over_the_full_map():
+    rng = np.random.default_rng(6)
+    for height, width in ((13, 13), (10, 17), (2, 9), (1, 1)):
+        maps = torch.from_numpy(rng.standard_normal((3, 4, height, width)).astype(np.float32))
+        whole = image_spp(maps)
+        full = np.array([[0, 0, width - 1, height - 1]])
+        for b in range(3):
+            assert np.array_equal(whole[b].numpy(), window_spp(maps[b], full)[0].numpy())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sppdet.detector.spp.keys import _flip_negative_, _to_ordered_, advise_huge_pages
+from sppdet.detector.spp.keys import advise_huge_pages, flip_negative_, to_ordered_
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -25,13 +25,13 @@ def test_ordered_keys_sort_like_the_floats_and_map_back(dtype):
     values = bits.view(dtype).double()
     number = ~torch.isnan(values)
     keys = bits.clone()
-    _to_ordered_(keys, dtype)
+    to_ordered_(keys, dtype)
     order = torch.argsort(keys[number], stable=True)
     assert torch.all(values[number][order].diff() >= 0)  # integer order is float order
     assert values[number][order[0]] == -math.inf and values[number][order[-1]] == math.inf
     assert (keys[~number] > keys[number].max()).all()  # every NaN sorts above +inf
     back = keys.clone()
-    _flip_negative_(back)
+    flip_negative_(back)
     assert torch.equal(back[number], bits[number])  # numbers map back bit for bit
     assert torch.isnan(back[~number].view(dtype)).all()
 

@@ -1,5 +1,6 @@
-"""The compiled window pooler (detector/_spp_kernel.c) against the torch path and the SPEC
-reference: bit for bit, on every dtype it takes, many maps, any thread count."""
+"""Tests of ``sppdet.detector.spp.native``: the compiled window pooler (_spp_kernel.c) against the
+torch path and the SPEC reference: bit for bit, on every dtype it takes, many maps, any thread
+count."""
 
 from __future__ import annotations
 

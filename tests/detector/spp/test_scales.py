@@ -7,8 +7,6 @@ import pytest
 
 from sppdet.detector.spp.scales import best_scale, best_scale_area, best_scale_released
 
-# ------------------------------------------------------------------------------ best scale
-
 SCALES = (480, 576, 688, 874, 1200)
 
 

@@ -1,0 +1,82 @@
+"""Tests of ``sppdet.detector.features.rcnn_warp``: R-CNN's warping against independent
+references, and pool5 of warped windows."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from sppdet.detector.backbones.weights import load_backbone
+from sppdet.detector.core.config import RcnnConfig
+from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.features.rcnn_warp import (
+    RcnnFeaturizer,
+    context_boxes,
+    warp_size,
+    warp_windows,
+)
+
+
+def test_warp_size_is_the_trunks_input_side_unless_set() -> None:
+    sides = [warp_size(RcnnConfig(), arch) for arch in ("zf5", "alexnet", "vgg16")]
+    assert sides == [224, 227, 224]  # 227 for AlexNet, as R-CNN warps
+    assert warp_size(RcnnConfig(warp_size=96), "alexnet") == 96
+    with pytest.raises(SppdetError, match="unknown backbone 'lenet'"):
+        warp_size(RcnnConfig(), "lenet")
+
+
+def test_context_boxes_by_hand() -> None:
+    # w = 20, h = 40; scale 224/192: half-sizes 11.667 and 23.333 about the centre (20, 40).
+    got = context_boxes(np.array([[10, 20, 29, 59]]), 224, 16)
+    np.testing.assert_array_equal(got, [[8, 17, 32, 63]])
+    # R-CNN's centre is x1 + w/2, half a pixel right of the true centre: with no padding the
+    # region is the window shifted to one pixel past its right and bottom edges.
+    np.testing.assert_array_equal(
+        context_boxes(np.array([[3, 4, 50, 60]]), 224, 0), [[3, 4, 51, 61]]
+    )
+    # Half-way values round away from zero, as MATLAB's round: centre 0.5, half 1 -> -0.5, 1.5.
+    np.testing.assert_array_equal(context_boxes(np.array([[0, 0, 0, 0]]), 4, 1), [[-1, -1, 2, 2]])
+
+
+def test_warp_equals_bilinear_resize_of_the_enlarged_crop() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (3, 90, 120)).astype(np.float32)
+    size, padding = 24, 3
+    boxes = np.array([[30, 20, 79, 69], [40, 35, 99, 80], [10, 10, 45, 60]], np.float32)
+    warped = warp_windows(torch.from_numpy(image)[None], boxes, size, padding).numpy()
+    for k, box in enumerate(context_boxes(boxes, size, padding).astype(int)):
+        x1, y1, x2, y2 = box
+        assert x1 >= 0 and y1 >= 0 and x2 < 120 and y2 < 90  # inside: no border effects
+        crop = image[:, y1 : y2 + 1, x1 : x2 + 1].transpose(1, 2, 0)
+        # Every crop is larger than the output, so OpenCV's half-pixel bilinear never clamps.
+        assert crop.shape[0] >= size and crop.shape[1] >= size
+        expected = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(warped[k], expected.transpose(2, 0, 1), atol=1e-4)
+
+
+def test_warp_outside_the_image_is_the_mean() -> None:
+    image = torch.full((1, 3, 40, 40), 5.0)
+    # A window in the corner: its enlarged box starts 20 px left of and above the image.
+    warped = warp_windows(image, np.array([[0, 0, 9, 9]], np.float32), 16, 6)[0]
+    assert torch.all(warped[:, :4, :4] == 0)  # the far outside is 0 (the mean)
+    assert torch.all(warped[:, -3:, -3:] == 5.0)  # inside the image: the image
+
+
+def test_pool5_batched_equals_one_window_at_a_time() -> None:
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (100, 130, 3), dtype=np.uint8)
+    boxes = np.array([[5, 5, 60, 70], [20, 30, 129, 99], [0, 0, 129, 99], [50, 10, 70, 40]])
+    config = RcnnConfig(warp_size=96, context_padding=8, batch_windows=3)
+    backbone = load_backbone("zf5")
+    featurizer = RcnnFeaturizer(backbone, (1, 2, 3), config, torch.device("cpu"))
+    got = featurizer.pool5(featurizer.prepare(rgb), boxes.astype(np.float32))
+    assert got.shape == (4, 256 * (1 + 4 + 9))
+    for k, box in enumerate(boxes):
+        crop = warp_windows(featurizer.prepare(rgb), box[None].astype(np.float32), 96, 8)
+        with torch.no_grad():
+            conv5 = backbone.trunk(crop)
+        expected = torch.cat([F.adaptive_max_pool2d(conv5, n).flatten(1) for n in (1, 2, 3)], 1)
+        torch.testing.assert_close(got[k : k + 1], expected, rtol=1e-4, atol=1e-4)
