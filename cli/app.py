@@ -1,4 +1,9 @@
-"""The typer application object and the error boundary between stages and the user."""
+"""The typer application object and the error boundary between stages and the user.
+
+A user-facing failure ends as one line, ``sppdet: error: <file>: <what> ; <fix>``, and exit code
+2: an SppdetError, and the OSErrors the user fixes in the environment (disk full, read-only
+folder, permissions) that reach here without a stage having named them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import sys
 
 import typer
 
+from sppdet.cache.atomic import environment_failure
 from sppdet.detector.core.errors import SppdetError
 
 try:  # typer >= 0.2x vendors click; its usage errors derive from TyperException
@@ -22,14 +28,25 @@ app = typer.Typer(
 )
 
 
+def _error_line(exc: SppdetError) -> str:
+    # One line whatever a message quotes (a library's multi-line text, a file's content).
+    return "sppdet: error: " + " ".join(line.strip() for line in str(exc).splitlines())
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one line on stderr and a non-zero exit code."""
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="sppdet", standalone_mode=False)
     except SppdetError as exc:
-        print(f"sppdet: error: {exc}", file=sys.stderr)
+        print(_error_line(exc), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        failure = environment_failure(exc, exc.filename or "sppdet")
+        if failure is None:
+            raise
+        print(_error_line(failure), file=sys.stderr)
+        return failure.exit_code
     except typer.Exit as exc:
         return exc.exit_code
     except UsageFailure as exc:

@@ -8,19 +8,22 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from sppdet.cache.locks import waiting_for_writers
 from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
 from sppdet.cli.options import (
     ClassesOption,
     DataOption,
+    DeviceOption,
     ExecutorOption,
+    FcPrecisionOption,
     FeaturesOption,
     ForceOption,
-    PresetOption,
     RayAddressOption,
+    StagePresetOption,
+    WaitOption,
     WorkOption,
 )
-from sppdet.detector.core.config import preset
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.parallel import Executor
 from sppdet.detector.data.datasets import load_dataset, parse_classes
@@ -28,6 +31,8 @@ from sppdet.detector.detection.combine import run_combine
 from sppdet.detector.detection.images import detect_images
 from sppdet.detector.detection.stage import DetectResult, run_detect
 from sppdet.detector.training.inputs import open_split
+from sppdet.detector.training.presets import record_config, stage_config
+from sppdet.detector.training.runtime import Runtime
 
 TestSplitOption = typer.Option("test", "--split", help="Split to detect on.")
 
@@ -46,7 +51,7 @@ def detect_command(
     split: str = TestSplitOption,
     classes: str = ClassesOption,
     work: Path = WorkOption,
-    preset_name: str = PresetOption,
+    preset_name: str = StagePresetOption,
     out: Path = typer.Option(None, "--out", help="Results folder [default: WORK/detections/S]."),
     bbox: bool = typer.Option(True, "--bbox/--no-bbox", help="Apply box regression."),
     image: list[Path] = typer.Option(
@@ -55,9 +60,12 @@ def detect_command(
     draw: Path = typer.Option(None, "--draw", help="With --image: folder for labelled pictures."),
     top: int = typer.Option(5, "--top", min=1, help="Detections drawn per picture, best first."),
     features: str = FeaturesOption,
+    device: str = DeviceOption,
+    precision: str = FcPrecisionOption,
     force: bool = ForceOption,
     executor: str = ExecutorOption,
     ray_address: str | None = RayAddressOption,
+    wait: bool = WaitOption,
 ) -> None:
     """Score every proposal with every class SVM; keep > -1.5, NMS 0.3, regress, top 100.
 
@@ -65,23 +73,41 @@ def detect_command(
     the models were trained with, and the detections are printed as JSON lines.
     """
     workdir = WorkDir.at(work)
-    cfg = preset(preset_name).detect
+    settings = stage_config(workdir, preset_name)
+    cfg = settings.detect
+    runtime = Runtime.create(device, precision, settings.preset)
     runner = Executor(executor, address=ray_address)
     if image and runner.kind != "local":
         raise SppdetError("--image: detects on this machine; leave out --executor ray")
     if image:
         if features != "spp":
             raise SppdetError("--image: detects with SPP features only; leave out --features")
-        for path, found in detect_images(workdir, list(image), draw, cfg, top).items():
+        found_per_file = detect_images(workdir, list(image), draw, cfg, top, runtime)
+        for path, found in found_per_file.items():
             print(json.dumps({"image": path, "detections": [d.to_json() for d in found]}))
         if draw is not None:
             Console().print(f"wrote pictures to {draw}")
         return
     if data is None:
         raise SppdetError("detect needs --data (a dataset split) or --image FILE")
-    inputs = open_split(workdir, data, split, classes, model_classes_from="svm", features=features)
-    result = run_detect(workdir, inputs, cfg, bbox, out, force, executor=runner, data=data)
-    _report(result, Console())
+    inputs = open_split(
+        workdir,
+        data,
+        split,
+        classes,
+        model_classes_from="svm",
+        features=features,
+        device=runtime.device,
+    )
+    record_config(workdir, settings)  # the folder's preset, when it has none yet
+    with waiting_for_writers(wait):
+        result = run_detect(
+            workdir, inputs, cfg, bbox, out, force, executor=runner, data=data, runtime=runtime
+        )
+    console = Console()
+    if result.drift is not None:
+        console.print(result.drift.describe(runtime.precision, "SVM scores"))
+    _report(result, console)
 
 
 @app.command("combine")
@@ -91,7 +117,8 @@ def combine_command(
     data: Path = DataOption,
     split: str = TestSplitOption,
     classes: str = ClassesOption,
-    preset_name: str = PresetOption,
+    preset_name: str = StagePresetOption,
+    device: str = DeviceOption,
 ) -> None:
     """Model combination (paper 4.4): NMS over the union of the models' scored windows."""
     workdirs = [WorkDir.at(w) for w in works]
@@ -99,4 +126,6 @@ def combine_command(
     if names is None:
         names = tuple(workdirs[0].load_model("svm", "sppdet train-svm")["classes"])
     dataset = load_dataset(data, split, names)
-    _report(run_combine(workdirs, dataset, preset(preset_name).detect, out), Console())
+    settings = stage_config(workdirs[0], preset_name)  # the first model's
+    runtime = Runtime.create(device, preset=settings.preset)
+    _report(run_combine(workdirs, dataset, settings.detect, out, runtime.device), Console())

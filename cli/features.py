@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from sppdet.cache.locks import waiting_for_writers
+from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
 from sppdet.cli.options import (
     BackboneOption,
@@ -17,14 +19,14 @@ from sppdet.cli.options import (
     ExecutorOption,
     FeaturesOption,
     ForceOption,
-    PresetOption,
     RayAddressOption,
     SplitOption,
+    StagePresetOption,
+    WaitOption,
     WeightsOption,
     WorkOption,
     int_list,
 )
-from sppdet.detector.core.config import preset
 from sppdet.detector.core.parallel import Executor
 from sppdet.detector.data.datasets import load_dataset, parse_classes
 from sppdet.detector.features.rcnn_writer import RcnnStats
@@ -37,6 +39,7 @@ from sppdet.detector.features.stage import (
 )
 from sppdet.detector.features.writer import CacheStats
 from sppdet.detector.training.inputs import check_features
+from sppdet.detector.training.presets import record_config, stage_config
 
 ScalesOption = typer.Option(
     None,
@@ -92,10 +95,11 @@ def cache_features_command(
     precision: str = PrecisionOption,
     classes: str = ClassesOption,
     work: Path = WorkOption,
-    preset_name: str = PresetOption,
+    preset_name: str = StagePresetOption,
     force: bool = ForceOption,
     executor: str = ExecutorOption,
     ray_address: str | None = RayAddressOption,
+    wait: bool = WaitOption,
 ) -> None:
     """Run the conv layers once per image and scale; store the conv5 maps (resumable).
 
@@ -116,13 +120,17 @@ def cache_features_command(
         pyramid=int_list(pyramid, "--pyramid"),
         precision=precision,
     )
-    settings = feature_settings(preset(preset_name), options, runner)
+    workdir = WorkDir.at(work)
+    preset_settings = stage_config(workdir, preset_name)
+    settings = feature_settings(preset_settings, options, runner)
     dataset = load_dataset(data, split, parse_classes(classes))
+    record_config(workdir, preset_settings)  # the folder's preset, when it has none yet
     console = Console(stderr=True)
     note = fc6_pyramid_note(settings)
     if note is not None:
         console.print(f"note: {note}")
-    made = cache_split_features(dataset, work, settings, force=force, executor=runner)
+    with waiting_for_writers(wait):
+        made = cache_split_features(dataset, work, settings, force=force, executor=runner)
     console.print(_cached_summary(made, dataset.split))
 
 

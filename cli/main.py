@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "run",
     "pretrain",
     "bench",
+    "verify",
+    "convert",
 )
 
 

@@ -25,8 +25,21 @@ PresetOption = typer.Option(
     help="Parameter set: released (default), paper, quick-cpu or demo (quick-cpu, shorter "
     "fine-tuning).",
 )
+StagePresetOption = typer.Option(
+    None,
+    "--preset",
+    help="Parameter set: released, paper, quick-cpu or demo. Without it, the one the work "
+    "folder's first stage recorded in WORK/settings.json, else released.",
+    show_default="the work folder's",
+)
 ForceOption = typer.Option(
     False, "--force", help="Overwrite a store made with other settings instead of refusing."
+)
+WaitOption = typer.Option(  # the commands that write sharded stores
+    False,
+    "--wait",
+    help="When another process is writing the same store, wait for it to finish and then run, "
+    "instead of refusing.",
 )
 ExecutorOption = typer.Option(
     "local",
@@ -66,7 +79,17 @@ WeightsOption = typer.Option(
     show_default="random",
 )
 DeviceOption = typer.Option(
-    None, "--device", help="auto (cuda when present), cpu or cuda.", show_default="auto"
+    None,
+    "--device",
+    help="auto (cuda when present), cpu, cuda or cuda:N (the N-th GPU).",
+    show_default="auto",
+)
+FcPrecisionOption = typer.Option(
+    None,
+    "--precision",
+    help="fc6-fc8 in fp32, or under bf16/fp16 autocast (faster on GPUs and AMX CPUs; the score "
+    "drift against fp32 is reported).",
+    show_default="fp32",
 )
 FeaturesOption = typer.Option(
     "spp",

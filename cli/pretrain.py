@@ -15,6 +15,7 @@ from sppdet.cli.options import BackboneOption, ClassesOption, DeviceOption, Pres
 from sppdet.detector.core.config import override, preset
 from sppdet.detector.data.datasets import parse_classes
 from sppdet.detector.pretrain.classify import ClassifyEvaluation, classify_eval
+from sppdet.detector.pretrain.initial import checkpoint_arch
 from sppdet.detector.pretrain.train import PretrainResult, default_checkpoint, pretrain
 from sppdet.detector.pretrain.views import VIEWS
 
@@ -43,6 +44,14 @@ FcDimOption = typer.Option(
     "--fc-dim",
     help="Width of fc6 and fc7 (the paper's 4096).",
     show_default="4096; quick-cpu preset: 1024",
+)
+StartWeightsOption = typer.Option(
+    None,
+    "--weights",
+    help="random, or PATH to a backbone checkpoint (convert-caffe's, an earlier pretrain's, a "
+    "torchvision state dict) to continue training: its trunk, its fc6/fc7 when --pyramid and "
+    "--fc-dim match them, and its preprocessing; --backbone defaults to the checkpoint's.",
+    show_default="random",
 )
 OutOption = typer.Option(
     None,
@@ -74,6 +83,7 @@ ViewScalesOption = typer.Option(
 def pretrain_command(
     data: Path = SourceOption,
     backbone: str = BackboneOption,
+    weights: str = StartWeightsOption,
     sizes: str = SizesOption,
     epochs: int = EpochsOption,
     pyramid: str = PyramidOption,
@@ -94,7 +104,8 @@ def pretrain_command(
     """Train a conv trunk with an SPP layer as a classifier (multi-size training, paper §2.3)."""
     cfg = override(
         preset(preset_name).pretrain,
-        backbone=backbone,
+        backbone=backbone or checkpoint_arch(weights),
+        weights=weights,
         sizes=int_list(sizes, "--sizes"),
         epochs=epochs,
         pyramid=int_list(pyramid, "--pyramid"),
@@ -125,7 +136,7 @@ def classify_eval_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the background crops."),
     batch_size: int = typer.Option(32, "--batch-size"),
     workers: int = typer.Option(2, "--workers"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = DeviceOption,
     report: Path = typer.Option(None, "--report", help="Also write the report as JSON here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -140,7 +151,7 @@ def classify_eval_command(
         views,
         batch_size,
         workers,
-        device,
+        device or "auto",
         seed,
     )
     if report is not None:

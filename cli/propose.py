@@ -8,21 +8,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sppdet.cache.locks import waiting_for_writers
 from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
 from sppdet.cli.options import (
     DataOption,
     ExecutorOption,
     ForceOption,
-    PresetOption,
     RayAddressOption,
     SplitOption,
+    StagePresetOption,
+    WaitOption,
     WorkOption,
 )
-from sppdet.detector.core.config import ProposalConfig, override, preset
+from sppdet.detector.core.config import ProposalConfig, override
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.parallel import Executor
 from sppdet.detector.data.datasets import load_dataset
+from sppdet.detector.training.presets import record_config, stage_config
 from sppdet.proposals.methods import METHODS, proposal_method
 from sppdet.proposals.recall import AR_LIMITS, measure_recall
 from sppdet.proposals.stage import (
@@ -74,7 +77,7 @@ def propose_command(
     executor: str = ExecutorOption,
     ray_address: str | None = RayAddressOption,
     work: Path = WorkOption,
-    preset_name: str = PresetOption,
+    preset_name: str = StagePresetOption,
     force: bool = ForceOption,
     skip_bad: bool = typer.Option(
         False,
@@ -93,28 +96,33 @@ def propose_command(
         help="Import published proposals: an R-CNN .mat file with cell arrays 'images' and "
         "'boxes' (rows y1 x1 y2 x2, 1-based), MATLAB v5/v7 or v7.3.",
     ),
+    wait: bool = WaitOption,
 ) -> None:
     """Compute region proposals per image into WORK/proposals/<split>/ (resumable)."""
-    cfg = preset(preset_name).proposals
+    workdir = WorkDir.at(work)
+    settings = stage_config(workdir, preset_name)
+    cfg = settings.proposals
     runner = Executor(executor, workers, ray_address)
     dataset = load_dataset(data, split)
-    workdir = WorkDir.at(work)
+    record_config(workdir, settings)  # the first stage: later ones run with this preset
     console = Console()
     if import_file is not None:
         if method is not None or edge_model is not None:
             raise SppdetError("--import stores the file's boxes; drop --method and --edge-model")
         if runner.kind != "local":
             raise SppdetError("--import reads one file in this process; drop --executor ray")
-        summary = import_proposals(
-            dataset, workdir, import_file, min_side=cfg.min_side, max_boxes=max_boxes,
-            shard_size=cfg.shard_size, force=force,
-        )  # fmt: skip
+        with waiting_for_writers(wait):
+            summary = import_proposals(
+                dataset, workdir, import_file, min_side=cfg.min_side, max_boxes=max_boxes,
+                shard_size=cfg.shard_size, force=force,
+            )  # fmt: skip
     else:
         method = proposal_method(method).name if method is not None else None
         cfg = override(cfg, method=method, max_boxes=max_boxes)
-        summary = run_proposals(
-            dataset, workdir, cfg, force=force, edge_model=edge_model, executor=runner
-        )
+        with waiting_for_writers(wait):
+            summary = run_proposals(
+                dataset, workdir, cfg, force=force, edge_model=edge_model, executor=runner
+            )
     _print_summary(summary, console)
     if not skip_bad:
         raise_for_bad(summary)

@@ -15,7 +15,9 @@ from sppdet.cli.options import (
     BackboneOption,
     ClassesOption,
     DataOption,
-    PresetOption,
+    DeviceOption,
+    FcPrecisionOption,
+    StagePresetOption,
     WeightsOption,
     WorkOption,
 )
@@ -23,6 +25,8 @@ from sppdet.detector.core.config import override, preset
 from sppdet.detector.data.datasets import load_dataset, parse_classes
 from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.pipeline import draw_split, run_pipeline
+from sppdet.detector.training.presets import stage_config
+from sppdet.detector.training.runtime import Runtime
 
 DEMO = preset("demo")  # the demo's data set, drawings and shorter fine-tuning
 
@@ -36,7 +40,7 @@ def _report(report, console: Console) -> None:  # type: ignore[no-untyped-def]
 @app.command("run")
 def run_command(
     data: Path = DataOption,
-    preset_name: str = PresetOption,
+    preset_name: str = StagePresetOption,
     work: Path = WorkOption,
     classes: str = ClassesOption,
     train_split: str = typer.Option("trainval", "--train-split", help="Split to train on."),
@@ -45,12 +49,16 @@ def run_command(
     weights: str = WeightsOption,
     workers: int = typer.Option(1, "--workers", min=1, help="Processes for proposals."),
     bbox: bool = typer.Option(True, "--bbox/--no-bbox", help="Apply box regression."),
+    device: str = DeviceOption,
+    precision: str = FcPrecisionOption,
 ) -> None:
     """Run every stage in order (propose, cache-features, finetune, train-svm, train-bbox,
     detect, evaluate), skipping what is already done, and print the VOC07 table."""
-    cfg = preset(preset_name)
+    cfg = stage_config(WorkDir.at(work), preset_name)
+    runtime = Runtime.create(device, precision, cfg.preset)
     cfg = dataclasses.replace(
-        cfg, features=override(cfg.features, backbone=backbone, weights=weights)
+        cfg,
+        features=override(cfg.features, backbone=backbone, weights=weights, device=device),
     )
     console = Console()
     report = run_pipeline(
@@ -63,6 +71,7 @@ def run_command(
         workers,
         bbox,
         say=console.print,
+        runtime=runtime,
     )
     _report(report, console)
 
@@ -75,6 +84,8 @@ def demo_command(
     ),
     iterations: int = typer.Option(None, "--iterations", help="Fine-tuning mini-batches."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes for proposals."),
+    device: str = DeviceOption,
+    precision: str = FcPrecisionOption,
 ) -> None:
     """Generate a synthetic VOC dataset and run the whole pipeline on it (demo preset: quick-cpu
     with a shorter fine-tuning): proposals, cache, finetune, SVMs, box regression, detect,
@@ -83,9 +94,14 @@ def demo_command(
     data = out / "data"
     if not (data / "ImageSets").is_dir():
         make_synthetic_voc(data, num_images=images)
-    cfg = dataclasses.replace(DEMO, finetune=override(DEMO.finetune, iterations=iterations))
+    runtime = Runtime.create(device, precision, DEMO.preset)
+    cfg = dataclasses.replace(
+        DEMO,
+        features=override(DEMO.features, device=device),  # the trunk's device
+        finetune=override(DEMO.finetune, iterations=iterations),
+    )
     work = WorkDir.at(out / "work")
-    report = run_pipeline(data, work, cfg, workers=workers, say=console.print)
+    report = run_pipeline(data, work, cfg, workers=workers, say=console.print, runtime=runtime)
     classes = tuple(r.name for r in report.evaluation.results)
     test_set = load_dataset(data, "test", classes)
     drawings = draw_split(test_set, work.detections("test"), out / "drawings", cfg.demo.drawings)

@@ -12,16 +12,20 @@ from sppdet.cli.app import app
 from sppdet.cli.options import (
     ClassesOption,
     DataOption,
+    DeviceOption,
+    FcPrecisionOption,
     FeaturesOption,
     ForceOption,
-    PresetOption,
     SplitOption,
+    StagePresetOption,
     WorkOption,
 )
-from sppdet.detector.core.config import override, preset
+from sppdet.detector.core.config import override
 from sppdet.detector.training.bbox import run_train_bbox
 from sppdet.detector.training.finetune import run_finetune
 from sppdet.detector.training.inputs import UpToDate, open_split
+from sppdet.detector.training.presets import record_config, stage_config
+from sppdet.detector.training.runtime import Runtime
 from sppdet.detector.training.svm import run_train_svm
 
 
@@ -31,13 +35,15 @@ def finetune_command(
     split: str = SplitOption,
     classes: str = ClassesOption,
     work: Path = WorkOption,
-    preset_name: str = PresetOption,
+    preset_name: str = StagePresetOption,
     iterations: int = typer.Option(None, "--iterations", help="Mini-batches to train."),
     lr: float = typer.Option(None, "--lr", help="Base learning rate (dropped 10x at each step)."),
     fc_dim: int = typer.Option(
         None, "--fc-dim", help="fc6/fc7 width when the backbone has no fc6/fc7 of its own."
     ),
     seed: int = typer.Option(None, "--seed", help="Seed of sampling, dropout and fc8's init."),
+    device: str = DeviceOption,
+    precision: str = FcPrecisionOption,
     force: bool = ForceOption,
 ) -> None:
     """Fine-tune fc6, fc7 and a new fc8 (K+1 outputs) on pooled windows from the conv5 cache.
@@ -46,12 +52,13 @@ def finetune_command(
     [0.1, 0.5). Batches of 128, 25% foreground, each window at a random cached scale. Resumes from
     the last checkpoint after an interrupt.
     """
-    cfg = override(
-        preset(preset_name).finetune, iterations=iterations, base_lr=lr, fc_dim=fc_dim, seed=seed
-    )
     workdir = WorkDir.at(work)
-    inputs = open_split(workdir, data, split, classes)
-    result = run_finetune(workdir, inputs, cfg, force=force)
+    settings = stage_config(workdir, preset_name)
+    cfg = override(settings.finetune, iterations=iterations, base_lr=lr, fc_dim=fc_dim, seed=seed)
+    runtime = Runtime.create(device, precision, settings.preset)
+    inputs = open_split(workdir, data, split, classes, device=runtime.device)
+    record_config(workdir, settings)  # the folder's preset, when it has none yet
+    result = run_finetune(workdir, inputs, cfg, force=force, runtime=runtime)
     console = Console()
     if isinstance(result, UpToDate):
         console.print(f"{result.model} is up to date (use --force to retrain)")
@@ -62,7 +69,12 @@ def finetune_command(
             f"iteration {entry['iteration']}: train loss {entry['train_loss']:.4f}, held-out "
             f"loss {entry['loss']:.4f}, foreground accuracy {entry['fg_accuracy']:.3f}"
         )
-    console.print(f"wrote {result.model} after {result.iterations} iterations")
+    if result.drift is not None:
+        console.print(result.drift.describe(runtime.precision, "held-out logits"))
+    console.print(
+        f"wrote {result.model} after {result.iterations} iterations on {runtime.describe()} "
+        f"({100 * result.data_wait_share:.1f}% of the time waiting for conv5 maps)"
+    )
 
 
 @app.command("train-svm")
@@ -71,7 +83,7 @@ def train_svm_command(
     split: str = SplitOption,
     classes: str = ClassesOption,
     work: Path = WorkOption,
-    preset_name: str = PresetOption,
+    preset_name: str = StagePresetOption,
     layer: str = typer.Option(
         None, "--layer", help="Features: pool5, fc6 or fc7 (after ReLU).", show_default="fc7"
     ),
@@ -83,15 +95,20 @@ def train_svm_command(
         show_default="finetuned with spp features; the backbone's with rcnn",
     ),
     features: str = FeaturesOption,
+    device: str = DeviceOption,
+    precision: str = FcPrecisionOption,
     force: bool = ForceOption,
 ) -> None:
     """One linear SVM per class with hard-negative mining (liblinear, C=0.001, w+ = 2, bias 10)."""
-    cfg = override(preset(preset_name).svm, layer=layer)
     workdir = WorkDir.at(work)
-    inputs = open_split(workdir, data, split, classes, features=features)
+    settings = stage_config(workdir, preset_name)
+    cfg = override(settings.svm, layer=layer)
+    runtime = Runtime.create(device, precision, settings.preset)
+    inputs = open_split(workdir, data, split, classes, features=features, device=runtime.device)
+    record_config(workdir, settings)
     if finetuned is None:
         finetuned = inputs.features == "spp"  # fine-tuning runs on SPP features only
-    result = run_train_svm(workdir, inputs, cfg, finetuned, force)
+    result = run_train_svm(workdir, inputs, cfg, finetuned, force, runtime=runtime)
     console = Console()
     if isinstance(result, UpToDate):
         console.print(f"{result.model} is up to date (use --force to retrain)")
@@ -100,6 +117,8 @@ def train_svm_command(
         console.print(
             f"{name}: {stats['retrains']} retrains, {stats['cached_negatives']} hard negatives kept"
         )
+    if result.drift is not None:
+        console.print(result.drift.describe(runtime.precision, "SVM scores"))
     console.print(f"feature scale {result.scale:.4g}; wrote {result.model}")
 
 
@@ -109,15 +128,19 @@ def train_bbox_command(
     split: str = SplitOption,
     classes: str = ClassesOption,
     work: Path = WorkOption,
-    preset_name: str = PresetOption,
+    preset_name: str = StagePresetOption,
     features: str = FeaturesOption,
+    device: str = DeviceOption,
     force: bool = ForceOption,
 ) -> None:
     """Per-class ridge regressors (lambda 4000) from pool5 features to whitened R-CNN deltas."""
-    cfg = preset(preset_name).bbox
     workdir = WorkDir.at(work)
-    inputs = open_split(workdir, data, split, classes, features=features)
-    result = run_train_bbox(workdir, inputs, cfg, force)
+    settings = stage_config(workdir, preset_name)
+    cfg = settings.bbox
+    runtime = Runtime.create(device, preset=settings.preset)
+    inputs = open_split(workdir, data, split, classes, features=features, device=runtime.device)
+    record_config(workdir, settings)
+    result = run_train_bbox(workdir, inputs, cfg, force, runtime=runtime)
     if isinstance(result, UpToDate):
         Console().print(f"{result.model} is up to date (use --force to retrain)")
         return

@@ -2,7 +2,9 @@
 
 The stages are the same functions the single commands call; each one resumes or skips by
 itself (stores resume shard by shard, a model whose inputs and settings are unchanged is kept), so
-re-running ``sppdet run`` after an interrupt continues where it stopped.
+re-running ``sppdet run`` after an interrupt continues where it stopped. The runtime's device
+runs every network: the trunk (its name is the features' device setting), fine-tuning, the SVMs'
+features, box-regression features and detection.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from sppdet.detector.features.writer import cache_features
 from sppdet.detector.training.bbox import run_train_bbox
 from sppdet.detector.training.finetune import run_finetune
 from sppdet.detector.training.inputs import open_split
+from sppdet.detector.training.presets import record_config
+from sppdet.detector.training.runtime import Runtime
 from sppdet.detector.training.svm import run_train_svm
 from sppdet.proposals.stage import run_proposals
 
@@ -59,8 +63,12 @@ def run_pipeline(
     workers: int = 1,
     bbox: bool = True,
     say: Callable[[str], None] = print,
+    runtime: Runtime | None = None,
 ) -> RunReport:
-    """Propose, cache, fine-tune, train the SVMs and regressors, detect and evaluate."""
+    """Propose, cache, fine-tune, train the SVMs and regressors, detect and evaluate; the stages
+    after the cache on the runtime's device (default: the CPU, fp32)."""
+    runtime = runtime or Runtime(preset=cfg.preset)
+    record_config(work, cfg)  # the work folder's preset, unless it has one
     report = RunReport()
     train_set = load_dataset(data, train_split, classes)
     test_set = load_dataset(data, test_split, train_set.classes)
@@ -82,12 +90,12 @@ def run_pipeline(
             f"cache-features {dataset.split}",
             lambda d=dataset: cache_features(d, work, cfg.features, cfg.spp),
         )
-    train_inputs = open_split(work, data, train_split, train_set.classes)
-    stage("finetune", lambda: run_finetune(work, train_inputs, cfg.finetune))
-    stage("train-svm", lambda: run_train_svm(work, train_inputs, cfg.svm))
-    stage("train-bbox", lambda: run_train_bbox(work, train_inputs, cfg.bbox))
-    test_inputs = open_split(work, data, test_split, train_set.classes)
-    stage("detect", lambda: run_detect(work, test_inputs, cfg.detect, bbox=bbox))
+    train_inputs = open_split(work, data, train_split, train_set.classes, device=runtime.device)
+    stage("finetune", lambda: run_finetune(work, train_inputs, cfg.finetune, runtime=runtime))
+    stage("train-svm", lambda: run_train_svm(work, train_inputs, cfg.svm, runtime=runtime))
+    stage("train-bbox", lambda: run_train_bbox(work, train_inputs, cfg.bbox, runtime=runtime))
+    test_inputs = open_split(work, data, test_split, train_set.classes, device=runtime.device)
+    stage("detect", lambda: run_detect(work, test_inputs, cfg.detect, bbox=bbox, runtime=runtime))
     report.evaluation = stage(
         "evaluate",
         lambda: evaluate_voc_folder(

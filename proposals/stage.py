@@ -266,8 +266,8 @@ def import_proposals(
 def raise_for_bad(summary: ProposeSummary) -> None:
     """Fail (one line) when the store holds unreadable images; ``--skip-bad`` skips this."""
     if summary.bad:
-        first = summary.bad[0].reason
+        first = summary.bad[0].reason  # "<file>: <what>"
         raise SppdetError(
-            f"{len(summary.bad)} unreadable image(s) were stored with zero boxes (first: {first}); "
+            f"{first} (stored with zero boxes; {len(summary.bad)} unreadable image(s) in all) ; "
             "fix or remove them and rerun to recompute their shards, or pass --skip-bad to accept"
         )

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sppdet.cache.atomic import atomic_output
+from sppdet.cache.atomic import atomic_output, unloadable_reason
 from sppdet.detector.backbones.preprocessing import Preprocessing
 from sppdet.detector.backbones.registry import backbone_names, backbone_spec, backbone_specs
 from sppdet.detector.backbones.trunk import Trunk
@@ -58,11 +58,10 @@ def read_checkpoint(path: str | Path, arch: str | None = None) -> dict[str, Any]
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zip, foreign formats
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+    except Exception as exc:  # pickled code, truncated zip, foreign formats: named in one line
         raise SppdetError(
-            f"{path}: not a readable weights checkpoint ({reason}); rewrite it with "
-            "save_backbone_checkpoint or pass a torchvision state dict"
+            f"{path}: {unloadable_reason(exc)} ; pass a checkpoint written by "
+            "save_backbone_checkpoint or a torchvision state dict"
         ) from None
     if not isinstance(obj, dict):
         raise SppdetError(f"{path}: expected a checkpoint dict, found {type(obj).__name__}")
@@ -106,7 +105,7 @@ def save_backbone_checkpoint(
     """Write a version-1 backbone checkpoint (module doc) atomically; returns PATH.
 
     TRUNK is a Trunk (or its ``features``); HEAD a module with ``fc6``/``fc7`` Linear layers (for
-    example ``heads.FcHead``) or their state dict, saved with HEAD_PYRAMID, the pyramid of the
+    example ``heads.fc.FcHead``) or their state dict, saved with HEAD_PYRAMID, the pyramid of the
     pooled input fc6 was trained on.
     """
     backbone_spec(arch)  # refuses an unknown name

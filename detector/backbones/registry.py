@@ -71,7 +71,7 @@ class TorchvisionSource:
         return trunk
 
     def head_state(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
-        """fc6/fc7 of a classifier state dict as ``heads.FcHead`` names them, or None unless the
+        """fc6/fc7 of a classifier state dict as ``heads.fc.FcHead`` names them, or None unless the
         classifier has both layers and the state holds all four tensors."""
         if self.fc6 is None or self.fc7 is None:
             return None
@@ -107,9 +107,10 @@ class BackboneSpec:
 @cache
 def _declared_specs() -> dict[str, BackboneSpec]:
     # Imported here, not at the top: each backbone module imports this one for BackboneSpec.
-    from sppdet.detector.backbones import alexnet, resnet50, vgg16, zf5
+    from sppdet.detector.backbones import alexnet, caffe_alexnet, resnet50, vgg16, zf5
 
-    specs = (zf5.SPEC, alexnet.SPEC, vgg16.SPEC, resnet50.SPEC)  # the order --help lists them in
+    # The order --help lists them in.
+    specs = (zf5.SPEC, alexnet.SPEC, vgg16.SPEC, resnet50.SPEC, caffe_alexnet.SPEC)
     return {spec.name: spec for spec in specs}
 
 

@@ -31,26 +31,27 @@ def nms(
     scores: np.ndarray,
     iou_threshold: float,
     classes: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Indices of the boxes kept by greedy NMS, highest score first.
 
     A box is suppressed when its IoU with a kept box is > iou_threshold. With CLASSES ([N] ints),
     only boxes of the same class suppress each other (one batched call for all classes). The
     one place that runs torchvision's NMS: it measures IoU in continuous coordinates, and shifting
-    x2, y2 by +1 turns that into the devkit's inclusive-pixel IoU exactly (in float64).
+    x2, y2 by +1 turns that into the devkit's inclusive-pixel IoU exactly (in float64). The boxes
+    and scores are moved to DEVICE for it (a GPU's kernel); the kept indices come back as numpy.
     """
     if len(boxes) == 0:
         return np.zeros((0,), np.int64)
-    shifted = torch.as_tensor(np.asarray(boxes, np.float64)).clone()
+    shifted = torch.as_tensor(np.asarray(boxes, np.float64)).to(device, copy=True)
     shifted[:, 2:] += 1
-    weights = torch.as_tensor(np.asarray(scores, np.float64))
+    weights = torch.as_tensor(np.asarray(scores, np.float64)).to(device)
     if classes is None:
         keep = torchvision.ops.nms(shifted, weights, iou_threshold)
     else:
-        keep = torchvision.ops.batched_nms(
-            shifted, weights, torch.as_tensor(np.asarray(classes)), iou_threshold
-        )
-    return keep.numpy()
+        labels = torch.as_tensor(np.asarray(classes)).to(device)
+        keep = torchvision.ops.batched_nms(shifted, weights, labels, iou_threshold)
+    return keep.cpu().numpy()
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -199,6 +199,7 @@ class PretrainConfig:
     bg_iou: float = 0.3
     seed: int = 0
     backbone: str = "zf5"
+    weights: str = "random"  # random | PATH to a backbone checkpoint to continue training from
     pyramid: tuple[int, ...] = (1, 2, 3, 6)  # the paper's 4-level pyramid, 50 bins
     fc_dim: int = 4096  # width of fc6 and fc7
     # Training crops are the central/random 224/256 of an image (paper §3.1: 224 crops of images

@@ -1,4 +1,4 @@
-"""Where and in what precision the networks run: ``--device`` resolution (auto, cpu, cuda), the
+"""Where and in what precision the networks run: ``--device`` resolution (auto, cpu, cuda[:N]), the
 channels-last input layout that matches a trunk put on a GPU by
 ``sppdet.detector.backbones.trunk.to_device``, and ``--precision`` autocast (fp32, bf16, fp16)."""
 
@@ -14,14 +14,31 @@ from sppdet.detector.core.errors import SppdetError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    """``auto`` -> cuda when available, else cpu; ``cuda`` or ``cuda:N`` without that GPU is a
+    user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SppdetError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise SppdetError(f"unknown --device {name!r}: choose auto, cpu or cuda")
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise SppdetError(f"unknown --device {name!r}: choose auto, cpu, cuda or cuda:N")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SppdetError(
+                f"--device {name}: no CUDA device is available; use --device cpu or auto"
+            )
+        if index and int(index) >= count:
+            raise SppdetError(
+                f"--device {name}: this machine has {count} CUDA device(s); pick cuda:0 to "
+                f"cuda:{count - 1}"
+            )
     return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for DEVICE's queued work (GPUs run asynchronously), so that a timing is real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

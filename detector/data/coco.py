@@ -2,6 +2,7 @@
 
 COCO boxes are [x, y, w, h] in continuous coordinates and become 0-based inclusive pixel boxes;
 crowd objects are kept as difficult, so VOC-style scoring counts them as neither hit nor miss.
+An image's ``file_name`` must stay inside the image folder (no absolute path, no ``..``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.data.images import path_inside
 from sppdet.detector.data.records import Dataset, ImageRecord
 
 
@@ -28,11 +30,15 @@ def load_coco(
 
     json_path = Path(json_path)
     if not json_path.is_file():
-        raise SppdetError(f"{json_path}: COCO annotation file not found")
+        raise SppdetError(
+            f"{json_path}: COCO annotation file not found ; pass --data an instances .json file"
+        )
     try:
         json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SppdetError(f"{json_path}: not valid JSON ({exc})") from None
+        raise SppdetError(
+            f"{json_path}: not valid JSON ({exc}) ; fix the file or export it again"
+        ) from None
     import contextlib
     import io
 
@@ -56,10 +62,16 @@ def load_coco(
             boxes.append((x, y, x + max(w, 1.0) - 1, y + max(h, 1.0) - 1))
             labels.append(index[name])
             difficult.append(bool(ann.get("iscrowd", 0)))
+        path = path_inside(image_dir, str(info["file_name"]))
+        if path is None:
+            raise SppdetError(
+                f"{json_path}: image {image_id}'s file_name {info['file_name']!r} leads out of "
+                f"{image_dir} ; give file names inside the image folder"
+            )
         records.append(
             ImageRecord(
                 image_id=str(image_id),
-                path=image_dir / info["file_name"],
+                path=path,
                 width=int(info["width"]),
                 height=int(info["height"]),
                 boxes=np.array(boxes, np.float32).reshape(-1, 4),

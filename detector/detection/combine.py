@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.shards import ShardedStore
 from sppdet.cache.workdir import WorkDir
@@ -27,9 +29,14 @@ class CombineResult(DetectResult):
 
 
 def run_combine(
-    works: list[WorkDir], dataset: Dataset, cfg: DetectConfig, out: Path
+    works: list[WorkDir],
+    dataset: Dataset,
+    cfg: DetectConfig,
+    out: Path,
+    device: torch.device | str = "cpu",
 ) -> CombineResult:
-    """Model combination: NMS over the union of several work folders' candidates (§4.4)."""
+    """Model combination: NMS (on DEVICE) over the union of several work folders' candidates
+    (paper section 4.4)."""
     if len(works) < 2:
         raise SppdetError("combine needs at least two --work folders")
     stores = []
@@ -49,7 +56,7 @@ def run_combine(
             f"the models were trained for different classes ({classes}); combine needs the same"
         )
     fp = fingerprint({"combine": [s.meta.fingerprint for s in stores], "detect": as_dict(cfg)})
-    detections = finish(stores, dataset, cfg, out)
+    detections = finish(stores, dataset, cfg, out, device)
     for store in stores:
         store.close()
     return CombineResult(out, {k: len(v) for k, v in detections.items()}, fp)

@@ -4,11 +4,13 @@ The files become a one-split dataset ("images") in WORK/detections/images, a scr
 their proposals and conv5 maps are computed there with the settings ``propose`` and
 ``cache-features`` recorded in WORK/settings.json when the models were trained (rebuilt with
 ``section_from_dict``, which refuses settings this version does not know), then every proposal
-is scored and NMS'd as in the ``detect`` stage. Nothing is written to the work folder itself.
+is scored and NMS'd as in the ``detect`` stage, the conv layers, pooling and scoring on the
+runtime's device. Nothing is written to the work folder itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from sppdet.detector.detection.scorer import image_candidates, load_detector
 from sppdet.detector.features.reader import FeatureCache
 from sppdet.detector.features.writer import cache_features
 from sppdet.detector.training.inputs import SplitInputs
+from sppdet.detector.training.runtime import Runtime
 from sppdet.proposals.stage import raise_for_bad, run_proposals
 from sppdet.proposals.store import open_proposals
 
@@ -90,23 +93,32 @@ def feature_configs(work: WorkDir) -> tuple[FeatureConfig, SppConfig]:
 
 
 def detect_images(
-    work: WorkDir, paths: list[Path], draw: Path | None, cfg: DetectConfig, top: int
+    work: WorkDir,
+    paths: list[Path],
+    draw: Path | None,
+    cfg: DetectConfig,
+    top: int,
+    runtime: Runtime | None = None,
 ) -> dict[str, list[ImageDetection]]:
     """Detect on arbitrary image files with WORK's models, best first per file; with DRAW, a
     picture of each file's TOP detections goes there. Proposals and conv5 maps are computed on
-    the fly with the settings the models were trained with, in WORK/detections/images."""
+    the fly with the settings the models were trained with, in WORK/detections/images; the
+    trunk, pooling and scoring run on the runtime's device."""
+    runtime = runtime or Runtime()
     classes = tuple(work.load_model("svm", "sppdet train-svm")["classes"])
     dataset = _image_dataset(paths, classes)
     scratch = WorkDir.at(work.detections(dataset.split))
     features, spp = feature_configs(work)
+    features = dataclasses.replace(features, device=str(runtime.device))
     raise_for_bad(run_proposals(dataset, scratch, proposal_config(work), force=True))
     cache_features(dataset, scratch, features, spp, force=True)
     proposals = open_proposals(scratch, dataset.split)
-    inputs = SplitInputs(dataset, proposals.boxes, FeatureCache.open(scratch, dataset.split), "")
-    detector = load_detector(work, inputs, cfg, bbox=work.model("bbox").is_file())
+    cache = FeatureCache.open(scratch, dataset.split, device=runtime.device)
+    inputs = SplitInputs(dataset, proposals.boxes, cache, "")
+    detector = load_detector(work, inputs, cfg, bbox=work.model("bbox").is_file(), runtime=runtime)
     found: dict[str, list[ImageDetection]] = {}
     for record in dataset.records:
-        kept = select(image_candidates(inputs, detector, record.image_id), cfg)
+        kept = select(image_candidates(inputs, detector, record.image_id), cfg, runtime.device)
         order = np.argsort(-kept.scores, kind="stable")
         found[str(record.path)] = [
             ImageDetection(

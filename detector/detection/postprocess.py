@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from sppdet.detector.core.boxes import nms
 from sppdet.detector.core.config import DetectConfig
@@ -62,14 +63,18 @@ def threshold_scores(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, 
     return windows, labels.astype(np.int64)
 
 
-def select(candidates: Candidates, cfg: DetectConfig) -> Candidates:
-    """Per-class NMS on the window boxes, then the best ``max_per_class`` of each class.
-
-    One batched call for all classes; the result is sorted by class, then by descending score.
+def select(
+    candidates: Candidates, cfg: DetectConfig, device: torch.device | str = "cpu"
+) -> Candidates:
+    """Per-class NMS on the window boxes (on DEVICE), then the best ``max_per_class`` of each
+    class. One batched call for all classes; the result is sorted by class, then by descending
+    score.
     """
     if len(candidates) == 0:
         return candidates
-    keep = nms(candidates.windows, candidates.scores, cfg.nms_iou, classes=candidates.labels)
+    keep = nms(
+        candidates.windows, candidates.scores, cfg.nms_iou, classes=candidates.labels, device=device
+    )
     kept = candidates.take(keep)
     # NMS returns descending score; a stable sort by class keeps that order inside a class.
     order = np.argsort(kept.labels, kind="stable")
@@ -78,6 +83,8 @@ def select(candidates: Candidates, cfg: DetectConfig) -> Candidates:
     return kept.take(np.nonzero(rank < cfg.max_per_class)[0])
 
 
-def combine(models: list[Candidates], cfg: DetectConfig) -> Candidates:
+def combine(
+    models: list[Candidates], cfg: DetectConfig, device: torch.device | str = "cpu"
+) -> Candidates:
     """Model combination: NMS over the union of several models' candidates of one image."""
-    return select(Candidates.concatenate(models), cfg)
+    return select(Candidates.concatenate(models), cfg, device)

@@ -25,6 +25,10 @@ from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.evaluation.voc import ClassDetections, Detections, VocEvaluation, evaluate_voc
 
 RESULTS_COMP = "comp4"  # VOC competition 4: training data of one's own choosing
+# Characters a results line may have: an id and five numbers need far fewer, and the parser's id
+# column is as wide as the longest id, so one huge line must not reach it.
+MAX_RESULTS_LINE = 4096
+_LINE_FIX = "write one detection a line: '<image_id> <score> <x1> <y1> <x2> <y2>', 1-based pixels"
 
 
 def results_file(folder: str | Path, split: str, name: str, comp: str = RESULTS_COMP) -> Path:
@@ -66,44 +70,57 @@ def _diagnose_results_lines(path: Path, lines: list[str]) -> None:
         if len(fields) != 6:
             raise SppdetError(
                 f"{path}:{n}: expected 6 fields '<image_id> <score> <x1> <y1> <x2> <y2>', "
-                f"found {len(fields)}"
+                f"found {len(fields)} ; {_LINE_FIX}"
             )
         for what, text in zip(("score", "x1", "y1", "x2", "y2"), fields[1:], strict=True):
             try:
                 value = float(text)
             except ValueError:
-                raise SppdetError(f"{path}:{n}: {what} {text!r} is not a number") from None
+                raise SppdetError(
+                    f"{path}:{n}: {what} {text!r} is not a number ; {_LINE_FIX}"
+                ) from None
             if not math.isfinite(value):
-                raise SppdetError(f"{path}:{n}: {what} {text!r} is not finite")
+                raise SppdetError(f"{path}:{n}: {what} {text!r} is not finite ; {_LINE_FIX}")
 
 
 def _parse_results_file(path: Path, known_ids: Collection[str] | None) -> ClassDetections:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SppdetError(f"{path}: cannot read results file ({exc})") from None
+        raise SppdetError(
+            f"{path}: cannot read results file ({exc}) ; write it as UTF-8 text, one detection "
+            "a line"
+        ) from None
     if not text.strip():
         return ClassDetections.empty()
     lines = text.splitlines()
+    # The id column is sized by its longest id, so both are bounded before any array exists:
+    # lines by MAX_RESULTS_LINE, ids by the split's own ids.
+    for n, line in enumerate(lines, start=1):
+        if len(line) > MAX_RESULTS_LINE:
+            raise SppdetError(
+                f"{path}:{n}: a line of {len(line):,} characters, over the {MAX_RESULTS_LINE:,} a "
+                f"results line may have ; {_LINE_FIX}"
+            )
+    first_fields = [line.split(None, 1)[:1] for line in lines]
+    if known_ids is not None:
+        for n, fields in enumerate(first_fields, start=1):
+            if fields and fields[0] not in known_ids:
+                raise SppdetError(
+                    f"{path}:{n}: image id {fields[0]!r} is not in the evaluated split ; check "
+                    "--split and --data"
+                )
     # numpy's C parser reads 100k lines in ~0.1 s; a line it rejects is diagnosed in Python.
-    width = max(map(len, lines))
+    width = max(len(fields[0]) for fields in first_fields if fields)
     dtype = np.dtype([("id", f"U{width}"), ("values", np.float64, (5,))])
     try:
         table = np.loadtxt(io.StringIO(text), dtype=dtype, comments=None, ndmin=1)
     except ValueError as exc:
         _diagnose_results_lines(path, lines)
-        raise SppdetError(f"{path}: not a VOC results file ({exc})") from None
+        raise SppdetError(f"{path}: not a VOC results file ({exc}) ; {_LINE_FIX}") from None
     numbers, image_ids = table["values"], table["id"]
     if not np.isfinite(numbers).all():
         _diagnose_results_lines(path, lines)
-    if known_ids is not None:
-        unknown = [u for u in np.unique(image_ids).tolist() if u not in known_ids]
-        if unknown:
-            n = next(n for n, line in enumerate(lines, 1) if line.split()[:1] == [unknown[0]])
-            raise SppdetError(
-                f"{path}:{n}: image id {unknown[0]!r} is not in the evaluated split; check "
-                "--split and --data"
-            )
     return ClassDetections(image_ids, numbers[:, 0], numbers[:, 1:] - 1)
 
 
@@ -128,7 +145,7 @@ def read_voc_results(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise SppdetError(f"{folder}: detections folder not found; pass --detections the folder")
+        raise SppdetError(f"{folder}: detections folder not found ; pass --detections the folder")
     pattern = re.compile(rf"^(?P<comp>.+)_det_{re.escape(split)}_(?P<cls>.+)\.txt$")
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):

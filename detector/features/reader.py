@@ -11,11 +11,17 @@ Boxes are original-image pixels (0-based, inclusive). With ``flipped=True`` the 
 (x -> W-1-x) and pooled from the cached map of the mirrored image, i.e. the feature of the same
 object seen in the flipped image. Only the maps of the scales a call needs are read, one image at
 a time (the last image's maps stay in memory), so the cache never has to fit in RAM.
+
+Devices: ``FeatureCache.open(..., device=...)`` (or ``cache.to(device)``) keeps the maps it holds
+on that device, moved there once per map, and pools there: the compiled kernel on the CPU,
+``WindowPooler``'s torch path on a GPU. A reader thread may prefetch: ``read_maps`` (host copies
+straight from the store, thread-safe) then ``hold_maps`` on the computing thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,8 @@ from sppdet.detector.spp.pooler import WindowPooler
 from sppdet.detector.spp.scales import best_scale
 
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+MapKey = tuple[str, int, bool]  # (image id, scale index, flipped): one cached conv5 map
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,15 @@ class FeatureCache:
     stage = STAGE  # its entry in settings.json
     made_by = MADE_BY  # the command that builds it
 
-    def __init__(self, store: ShardedStore, spp: SppConfig, cached_images: int = 1) -> None:
+    def __init__(
+        self,
+        store: ShardedStore,
+        spp: SppConfig,
+        cached_images: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.store = store
+        self.device = torch.device(device)
         self.spp = spp
         params = store.meta.params
         self.params: dict[str, Any] = params
@@ -114,9 +129,10 @@ class FeatureCache:
         self.dim = pyramid_dim(self.pyramid, self.channels)
         self.shift = edge_shift(spp.window_mapping, self.geometry)
         self._pooler = WindowPooler()
-        self._maps: dict[tuple[str, int, bool], torch.Tensor] = {}
+        self._maps: dict[MapKey, torch.Tensor] = {}  # on self.device
         self._info: dict[str, ImageInfo] = {}
         self._cached_images = cached_images
+        self._store_lock = threading.Lock()  # a prefetching thread reads the store too
 
     @classmethod
     def open(
@@ -125,15 +141,24 @@ class FeatureCache:
         split: str,
         expect: FeatureConfig | None = None,
         spp: SppConfig | None = None,
+        device: torch.device | str = "cpu",
     ) -> FeatureCache:
         """Open WORK's cache of SPLIT. With EXPECT, a cache made with other settings (backbone,
         weights, preprocessing, scales, max size, dtype, flip) is refused with the differences.
         SPP defaults to the settings ``cache-features`` recorded (pyramid, scale rule, mapping).
+        Maps are held and pooled on DEVICE.
         """
         work = work if isinstance(work, WorkDir) else WorkDir.at(work)
         expected = feature_params(expect) if expect is not None else None
         store = ShardedStore.open(work.features(split), KIND, MADE_BY, expect_params=expected)
-        return cls(store, spp if spp is not None else spp_settings(work, split))
+        spp = spp if spp is not None else spp_settings(work, split)
+        return cls(store, spp, device=device)
+
+    def to(self, device: torch.device | str) -> FeatureCache:
+        """Hold and pool on DEVICE from now on (the maps held so far move there); returns self."""
+        self.device = torch.device(device)
+        self._maps = {key: value.to(self.device) for key, value in self._maps.items()}
+        return self
 
     @property
     def image_ids(self) -> list[str]:
@@ -151,7 +176,8 @@ class FeatureCache:
     def image_info(self, image_id: str) -> ImageInfo:
         info = self._info.get(image_id)
         if info is None:
-            attrs = self.store.image_attrs(image_id)
+            with self._store_lock:
+                attrs = self.store.image_attrs(image_id)
             info = ImageInfo(
                 int(attrs["height"]),
                 int(attrs["width"]),
@@ -168,7 +194,43 @@ class FeatureCache:
         self._cached_images = max(1, int(count))
 
     def conv5(self, image_id: str, scale_index: int, flipped: bool = False) -> torch.Tensor:
-        """The cached conv5 map [C, h, w] (stored dtype) of one image at one scale."""
+        """The cached conv5 map [C, h, w] (stored dtype, on the device) of one image at one
+        scale; read from the store unless held (``hold_maps``)."""
+        key = (image_id, int(scale_index), bool(flipped))
+        found = self._maps.get(key)
+        if found is None:
+            self.hold_maps(self.read_maps(image_id, [(key[1], key[2])]))
+            found = self._maps[key]
+        return found
+
+    def read_maps(
+        self, image_id: str, wanted: Iterable[tuple[int, bool]]
+    ) -> dict[MapKey, torch.Tensor]:
+        """Host copies of IMAGE_ID's maps WANTED ((scale index, flipped) pairs) from the store,
+        except those already held. Safe on a reader thread (``training.prefetch``)."""
+        out = {}
+        for scale_index, flipped in wanted:
+            key = (image_id, int(scale_index), bool(flipped))
+            if key in self._maps or key in out:
+                continue
+            self._check_map(key[1], key[2])
+            with self._store_lock:
+                data = self.store.get(image_id, conv5_name(key[1], key[2]))
+            out[key] = torch.from_numpy(data)
+        return out
+
+    def hold_maps(self, maps: dict[MapKey, torch.Tensor]) -> None:
+        """Keep MAPS (from ``read_maps``) on the device, moved there once; the maps of images
+        older than the last ``keep_images`` go."""
+        for key, value in maps.items():
+            images = list(dict.fromkeys(k[0] for k in self._maps))
+            if key[0] not in images:  # keep the maps of the last few images only
+                for old in images[: max(0, len(images) - self._cached_images + 1)]:
+                    for stale in [k for k in self._maps if k[0] == old]:
+                        del self._maps[stale]
+            self._maps[key] = value.to(self.device)
+
+    def _check_map(self, scale_index: int, flipped: bool) -> None:
         if not 0 <= scale_index < self.num_scales:
             raise IndexError(f"scale index {scale_index} outside 0..{self.num_scales - 1}")
         if flipped and not self.has_flip:
@@ -176,17 +238,6 @@ class FeatureCache:
                 f"{self.store.root}: the cache holds no flipped maps; rebuild it with "
                 "`sppdet cache-features --flip`"
             )
-        key = (image_id, int(scale_index), bool(flipped))
-        found = self._maps.get(key)
-        if found is None:
-            images = list(dict.fromkeys(k[0] for k in self._maps))
-            if image_id not in images:  # keep the maps of the last few images only
-                for old in images[: max(0, len(images) - self._cached_images + 1)]:
-                    for stale in [k for k in self._maps if k[0] == old]:
-                        del self._maps[stale]
-            found = torch.from_numpy(self.store.get(image_id, conv5_name(scale_index, flipped)))
-            self._maps[key] = found
-        return found
 
     def best_scale(self, image_id: str, boxes: np.ndarray) -> np.ndarray:
         """Scale index [N] of each window under the configured rule (spp.scale_rule)."""
@@ -253,7 +304,7 @@ class FeatureCache:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         n = len(boxes)
         if out is None:
-            out = self._pooler.new_result(n, self.dim, dtype)
+            out = self._pooler.new_result(n, self.dim, dtype, self.device)
         elif out.shape[0] < n or out.shape[1] != self.dim:
             raise ValueError(f"out must be [>= {n}, {self.dim}], got {tuple(out.shape)}")
         out = out[:n]
@@ -325,7 +376,8 @@ def cache_info(work: WorkDir | str | Path, split: str) -> CacheInfo:
     work = work if isinstance(work, WorkDir) else WorkDir.at(work)
     store = ShardedStore.open(work.features(split), KIND, MADE_BY, require_complete=False)
     with store:
-        done = [k for k in range(store.num_shards) if store.shard_path(k).exists()]
+        pending = set(store.pending_shards())  # no record, or no file of the recorded size
+        done = [k for k in range(store.num_shards) if k not in pending]
         params = store.meta.params
         return CacheInfo(
             path=store.root,

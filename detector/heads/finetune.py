@@ -10,16 +10,20 @@ Sampling works in rounds so that memory stays bounded on large datasets: a round
 average, each foreground window was seen once (at most ``max_batches_per_round``). All windows of
 a round are pooled up front, one pooling call per image and flip, instead of one per batch. Each
 round's randomness derives from (seed, round), so a run resumed from a checkpoint at a round
-boundary continues exactly as an uninterrupted run.
+boundary continues exactly as an uninterrupted run. Everything runs on the device ``train`` is
+given: the pooler pools there, the head and the targets are moved there, the fc layers run in
+the given precision; a ``RoundReader`` (the training stage's reader thread) can read each round's
+maps while the previous round trains.
 A deterministic tenth of the images is held out; the log reports loss and foreground accuracy on
 a fixed sample of their windows.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +32,7 @@ import torch
 from torch import nn
 
 from sppdet.detector.core.config import FinetuneConfig
+from sppdet.detector.core.device import autocast
 from sppdet.detector.data.records import ImageRecord
 from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.heads.windows import finetune_labels, image_windows
@@ -168,7 +173,7 @@ def pool_batch(
     out = torch.cat(chunks)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.as_tensor(order)] = torch.arange(len(order))
-    return out[inverse]
+    return out[inverse.to(out.device)]
 
 
 def learning_rate(cfg: FinetuneConfig, iteration: int) -> float:
@@ -193,7 +198,7 @@ class HeldOut:
         n_fg = min(len(fg), size // 4)
         picked = np.concatenate([rng.permutation(fg)[:n_fg], rng.permutation(bg)[: size - n_fg]])
         feats = pool_batch(pooler, table, picked, None, np.zeros(len(picked), bool))
-        return cls(feats, torch.as_tensor(table.target[picked]))
+        return cls(feats, torch.as_tensor(table.target[picked]).to(feats.device))
 
     def evaluate(self, head: FcHead) -> dict[str, float]:
         head.eval()
@@ -214,6 +219,45 @@ class TrainState:
     history: list[dict[str, float]]
 
 
+@dataclass
+class Round:
+    """Round INDEX of the sampling and its mini-batches (``round_batches``)."""
+
+    index: int
+    batches: list[Batch]
+
+    def rows(self) -> np.ndarray:
+        return np.concatenate([b.rows for b in self.batches])
+
+
+def plan_rounds(
+    table: WindowTable,
+    train_images: np.ndarray,
+    cfg: FinetuneConfig,
+    num_scales: int,
+    has_flip: bool,
+    start: int,
+) -> Iterator[Round]:
+    """Rounds START, START + 1, ... without end; each depends only on (seed, round)."""
+    for index in itertools.count(start):
+        yield Round(index, round_batches(table, train_images, cfg, num_scales, has_flip, index))
+
+
+class RoundReader(Protocol):
+    """Turns the planned rounds into rounds whose conv5 maps are read, e.g. by a background
+    thread that reads the next round while this one trains (``training.finetune``)."""
+
+    def __call__(self, rounds: Iterator[Round]) -> Iterator[Round]: ...
+
+
+class TrainClock(Protocol):
+    """Told when a round's windows are pooled and when each batch is done (for the ETA)."""
+
+    def round_pooled(self, batches: int) -> None: ...
+
+    def batch_done(self, iteration: int) -> None: ...
+
+
 def train(
     head: FcHead,
     pooler: PooledFeatures,
@@ -222,12 +266,20 @@ def train(
     state: TrainState,
     optimizer_state: dict | None,
     save: Callable[[TrainState, dict], None],
-    on_iteration: Callable[[int, float], None] | None = None,
+    clock: TrainClock | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    reader: RoundReader | None = None,
 ) -> TrainState:
     """SGD with momentum and weight decay on fc6-fc8; checkpoints through SAVE at round ends.
 
-    Dropout is reseeded at every round from (seed, round), so resuming is exact.
+    Everything runs on DEVICE (the head is moved there; POOLER pools onto it): a round's
+    windows are pooled in one pass, then each batch's forward and backward, with the fc layers
+    in PRECISION (autocast; fp16 with loss scaling). READER, when given, reads each round's
+    maps ahead. Dropout is reseeded at every round from (seed, round), so resuming is exact.
     """
+    device = torch.device(device)
+    head.to(device)
     train_images, held_images = split_holdout(len(table.image_ids))
     held = HeldOut.sample(pooler, table, held_images, 512, cfg.seed)
     optimizer = torch.optim.SGD(
@@ -235,54 +287,95 @@ def train(
     )
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     head.train()
     iteration, round_index, last_saved = state.iteration, state.round_index, state.iteration
-    while iteration < cfg.iterations:
-        # A round boundary: the only place to save, so that resuming is exact.
-        if iteration - last_saved >= cfg.checkpoint_every:
-            save(TrainState(iteration, round_index, state.history), optimizer.state_dict())
-            last_saved = iteration
-        torch.manual_seed(cfg.seed * 1_000_003 + round_index)
-        plan = round_batches(
-            table, train_images, cfg, pooler.num_scales, pooler.has_flip, round_index
-        )
-        round_index += 1
-        if not plan:
-            continue
-        # One pooling call per (image, flip) for the whole round, kept in float16.
-        features = pool_batch(
-            pooler,
-            table,
-            np.concatenate([b.rows for b in plan]),
-            np.concatenate([b.scales for b in plan]),
-            np.concatenate([b.flipped for b in plan]),
-            dtype=torch.float16,
-        )
-        offset = 0
-        for batch in plan:
+    rounds = plan_rounds(
+        table, train_images, cfg, pooler.num_scales, pooler.has_flip, state.round_index
+    )
+    if reader is not None:
+        rounds = reader(rounds)
+    try:
+        for planned in rounds:
             if iteration >= cfg.iterations:
                 break
-            x = features[offset : offset + len(batch.rows)].float()
-            offset += len(batch.rows)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, iteration)
-            targets = torch.as_tensor(table.target[batch.rows])
-            loss = nn.functional.cross_entropy(head(x), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            iteration += 1
-            if on_iteration is not None:
-                on_iteration(iteration, loss.item())
-            if held is not None and (iteration % cfg.log_every == 0 or iteration == cfg.iterations):
-                metrics = {"iteration": iteration, "train_loss": loss.item(), **held.evaluate(head)}
-                state.history.append(metrics)
-                log.info(
-                    "iteration %d: train loss %.4f, held-out loss %.4f, fg accuracy %.3f",
-                    iteration,
-                    metrics["train_loss"],
-                    metrics["loss"],
-                    metrics["fg_accuracy"],
-                )
+            # A round boundary: the only place to save, so that resuming is exact.
+            if iteration - last_saved >= cfg.checkpoint_every:
+                save(TrainState(iteration, round_index, state.history), optimizer.state_dict())
+                last_saved = iteration
+            torch.manual_seed(cfg.seed * 1_000_003 + planned.index)
+            round_index = planned.index + 1
+            if not planned.batches:
+                continue
+            # One pooling call per (image, flip) for the whole round, kept in float16.
+            features = pool_batch(
+                pooler,
+                table,
+                planned.rows(),
+                np.concatenate([b.scales for b in planned.batches]),
+                np.concatenate([b.flipped for b in planned.batches]),
+                dtype=torch.float16,
+            )
+            targets = torch.as_tensor(table.target[planned.rows()]).to(device)
+            if clock is not None:
+                clock.round_pooled(len(planned.batches))
+            offset = 0
+            for batch in planned.batches:
+                if iteration >= cfg.iterations:
+                    break
+                x = features[offset : offset + len(batch.rows)].float()
+                y = targets[offset : offset + len(batch.rows)]
+                offset += len(batch.rows)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, iteration)
+                loss = _step(head, optimizer, scaler, x, y, device, precision)
+                iteration += 1
+                if clock is not None:
+                    clock.batch_done(iteration)
+                if held is not None and (
+                    iteration % cfg.log_every == 0 or iteration == cfg.iterations
+                ):
+                    _log(state.history, iteration, loss.item(), held.evaluate(head))
+    finally:
+        close = getattr(rounds, "close", None)
+        if close is not None:
+            close()  # stops a reader thread
     head.eval()
     return TrainState(iteration, round_index, state.history)
+
+
+def _step(
+    head: FcHead,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    precision: str,
+) -> torch.Tensor:
+    """One SGD step on batch X; returns the loss (on the device: reading it syncs)."""
+    with autocast(device, precision):
+        loss = nn.functional.cross_entropy(head(x), targets)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:  # fp16: scale the loss so small gradients do not flush to zero
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach()
+
+
+def _log(
+    history: list[dict[str, float]], iteration: int, train_loss: float, held: dict[str, float]
+) -> None:
+    metrics = {"iteration": iteration, "train_loss": train_loss, **held}
+    history.append(metrics)
+    log.info(
+        "iteration %d: train loss %.4f, held-out loss %.4f, fg accuracy %.3f",
+        iteration,
+        metrics["train_loss"],
+        metrics["loss"],
+        metrics["fg_accuracy"],
+    )

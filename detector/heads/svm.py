@@ -10,6 +10,10 @@ positive weight 2 and a regularised bias feature of value 10 (``intercept_scalin
 
 Memory stays bounded: each class caches at most ``max_cached_negatives`` negatives (float16); over
 the cap, the easiest ones (lowest score) go first.
+
+Scoring an image's windows runs where its features are (a torch tensor on the GPU, or on the
+CPU): only the mask of hard negatives and their features come back to the host, where the
+caches and the solver live.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
@@ -36,17 +41,24 @@ class LinearScorer:
     def score(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(features, np.float32) @ self.weights.T + self.bias
 
+    def score_tensor(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores [N, K] of FEATURES [N, D], computed on their device in float32."""
+        weights = torch.as_tensor(self.weights).to(features.device)
+        bias = torch.as_tensor(self.bias).to(features.device)
+        return features.float() @ weights.T + bias
+
 
 @dataclass
 class TrainingImage:
     """What hard-negative mining needs from one image, for all classes at once.
 
-    ``features`` [N, D] are already scaled (mean norm 20); ``negatives`` [K, N] marks the windows
-    that may serve as negatives of each class. The pass visits each image once, so a window can
-    never enter a cache twice.
+    ``features`` [N, D] are already scaled (mean norm 20), a tensor on the device that scores
+    them (or a numpy array: the CPU); ``negatives`` [K, N] marks the windows that may serve as
+    negatives of each class. The pass visits each image once, so a window can never enter a
+    cache twice.
     """
 
-    features: np.ndarray
+    features: torch.Tensor | np.ndarray
     negatives: np.ndarray
 
 
@@ -114,15 +126,15 @@ def train_svms(
         cache.retrains += 1
         cache.history.append(int(keep.sum()))
 
+    scorer = LinearScorer(weights, bias)  # shares their memory: sees every retrain
     for image in images:
-        scores = image.features @ weights.T + bias  # [N, K], one product for all classes
+        hard_any, hard, features = _hard_negatives(image, scorer, cfg.hard_threshold)
         for k, cache in enumerate(caches):
-            hard = image.negatives[k] & (scores[:, k] > cfg.hard_threshold)
-            if not hard.any():
+            if not hard[k].any():
                 continue
-            new = image.features[hard].astype(np.float16)
+            new = features[hard[k][hard_any]]
             cache.features = np.concatenate([cache.features, new])
-            cache.new_since_retrain += int(hard.sum())
+            cache.new_since_retrain += int(hard[k].sum())
             if len(cache.features) > cfg.max_cached_negatives:
                 _keep_hardest(cache, weights[k], bias[k], cfg.max_cached_negatives)
             if cache.new_since_retrain > cfg.retrain_every:
@@ -137,6 +149,20 @@ def train_svms(
         for c in caches
     ]
     return LinearScorer(weights, bias), stats
+
+
+def _hard_negatives(
+    image: TrainingImage, scorer: LinearScorer, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The hard negatives of one image under the current SCORER, scored where the features are:
+    (windows hard for some class [N], hard per class [K, N], those windows' features in float16
+    on the host [H, D]), with one transfer from the device for the mask and one for the rows."""
+    x = torch.as_tensor(image.features)
+    negatives = torch.as_tensor(image.negatives).to(x.device)
+    hard = negatives & (scorer.score_tensor(x) > threshold).T  # [K, N]
+    hard_any = hard.any(dim=0)
+    features = x[hard_any].to(torch.float16).cpu().numpy()
+    return hard_any.cpu().numpy(), hard.cpu().numpy(), features
 
 
 def _keep_hardest(cache: _NegativeCache, w: np.ndarray, b: float, cap: int) -> None:

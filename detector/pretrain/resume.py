@@ -7,7 +7,7 @@ envelope (format, version, settings and their fingerprint, epochs done) around t
 entries ``pretrain.train`` saves and restores (model, optimizer momentum, plateau counters,
 colour statistics, history). The settings cover the data and every setting except
 ``RUN_SETTINGS``, so the same command resumes, a longer ``--epochs`` continues, and other
-settings are refused with the first differences named.
+settings are refused with the first differences named; so is a start from other weights.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from sppdet.detector.pretrain.samples import SampleSet
 STATE_FORMAT = "sppdet-pretrain-state"
 STATE_VERSION = 1
 RUN_SETTINGS = ("epochs", "workers", "device")  # settings a resumed run may change
+START_SETTING = "weights"  # the checkpoint a run starts from: recorded by its content hash
 DIFFERENCES_SHOWN = 3  # differing settings named when a state is refused
 
 
@@ -36,9 +37,16 @@ def state_path(out: str | Path) -> Path:
     return out.with_name(f"{out.stem}.resume{out.suffix or '.pt'}")
 
 
-def run_settings(cfg: PretrainConfig, samples: SampleSet, split: str) -> dict[str, Any]:
-    """What a resumed run must share with the run that wrote the state."""
-    kept = {k: v for k, v in as_dict(cfg).items() if k not in RUN_SETTINGS}
+def run_settings(
+    cfg: PretrainConfig, samples: SampleSet, split: str, weights_id: str | None
+) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the state. The checkpoint a run
+    starts from enters as WEIGHTS_ID (its content hash, ``file:<sha256>``), not as its path; a
+    random start adds nothing the seed does not say, so it is left out and the states of runs
+    made before the setting existed still resume."""
+    kept = {k: v for k, v in as_dict(cfg).items() if k not in RUN_SETTINGS and k != START_SETTING}
+    if weights_id is not None:
+        kept[START_SETTING] = weights_id
     return {"pretrain": kept, "split": split, "data": samples.describe()}
 
 

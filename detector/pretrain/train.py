@@ -18,6 +18,9 @@ generator reseeded at the start of each epoch. Data-loading threads therefore do
 result, the same seed gives the same weights twice on a CPU, and the resume state written after
 every epoch (``pretrain.resume``) makes an interrupted run end with the weights of an
 uninterrupted one.
+
+Start. From the seeded initialisation, or from a backbone checkpoint (``--weights PATH``,
+``pretrain.initial``): its trunk, its fc6/fc7 when they fit, and its preprocessing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch.nn import functional as F
 
 from sppdet.cache.fingerprint import fingerprint
 from sppdet.detector.backbones.preprocessing import Preprocessing
+from sppdet.detector.backbones.weights import Backbone
 from sppdet.detector.core.config import PretrainConfig
 from sppdet.detector.core.device import resolve_device
 from sppdet.detector.core.errors import SppdetError
@@ -49,6 +53,7 @@ from sppdet.detector.pretrain.images import (
     preprocessing_for,
     raise_load_errors,
 )
+from sppdet.detector.pretrain.initial import apply_start, load_start
 from sppdet.detector.pretrain.model import (
     SppClassifier,
     build_classifier,
@@ -117,6 +122,7 @@ class _Run:
     plateau: Plateau
     history: list[dict[str, Any]]
     done: int  # epochs finished before this call
+    weights_id: str | None  # the checkpoint the run started from (file:<sha256>); None: random
 
 
 def default_checkpoint(backbone: str) -> Path:
@@ -143,12 +149,14 @@ def pretrain(
     check_config(cfg)
     say = log or (lambda _: None)
     out = Path(out)
+    start = load_start(cfg)
     samples = load_samples(data, split, cfg, classes)
     train_idx, held_idx = holdout_split(samples, cfg.holdout_every)
-    settings = run_settings(cfg, samples, split)
+    settings = run_settings(cfg, samples, split, start.weights_id if start else None)
     state_file = state_path(out)
     state = load_state(state_file, settings) if resume and state_file.is_file() else None
-    run = _start_run(cfg, samples, train_idx, held_idx, state, progress)
+    run = _start_run(cfg, samples, train_idx, held_idx, state, start, progress, say)
+    del start  # its tensors are in the model now (a converted fc6 can take hundreds of MB)
     if state is not None:
         say(f"resuming {state_file} after epoch {run.done}")
     remaining = max(0, cfg.epochs - run.done)
@@ -178,9 +186,12 @@ def _start_run(
     train_idx: np.ndarray,
     held_idx: np.ndarray,
     state: dict[str, Any] | None,
+    start: Backbone | None,
     progress: bool,
+    say: Callable[[str], None],
 ) -> _Run:
-    """A fresh model (seeded) and optimizer, restored from STATE when resuming."""
+    """A fresh model (seeded, then START's weights when given) and optimizer, restored from
+    STATE when resuming."""
     device = resolve_device(cfg.device)
     model = build_classifier(
         cfg.backbone,
@@ -199,9 +210,12 @@ def _start_run(
         history: list[dict[str, Any]] = list(state["history"])
         done = int(state["epoch"])
     else:
+        if start is not None:
+            took = apply_start(model, start, cfg.weights)
+            say(f"starting from {cfg.weights} ({start.weights_id}): {took}")
         stats = estimate_color_stats(samples.subset(train_idx), cfg.seed, progress=progress)
         plateau, history, done = Plateau(cfg.base_lr), [], 0
-    pre = preprocessing_for(cfg.backbone, stats)
+    pre = start.preprocessing if start is not None else preprocessing_for(cfg.backbone, stats)
     model.to(device).train()
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -225,6 +239,7 @@ def _start_run(
         plateau=plateau,
         history=history,
         done=done,
+        weights_id=start.weights_id if start is not None else None,
     )
 
 
@@ -323,6 +338,9 @@ def _write_trained(out: Path, run: _Run, split: str, epochs: int, settings_hash:
         f"sppdet pretrain: {cfg.backbone} on {samples.root} ({split}), sizes "
         f"{','.join(map(str, cfg.sizes))}, {epochs} epochs, seed {cfg.seed}"
     )
+    if run.weights_id is not None:  # a random start's record stays as it always was
+        classifier["weights"] = run.weights_id
+        source += f", from {cfg.weights} ({run.weights_id})"
     write_checkpoint(out, run.model, cfg.backbone, run.pre, classifier, source)
 
 

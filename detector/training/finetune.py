@@ -6,15 +6,22 @@ N(0, 0.01). ``run_finetune`` runs the SGD loop of ``heads.finetune`` over the sp
 windows, checkpointing to WORK/models/finetune-partial.pt so an interrupted run resumes, and
 saves WORK/models/finetune.pt with the fingerprint of its inputs; ``load_head`` reads it back
 for the stages that use the fine-tuned features.
+
+The loop runs on the runtime's device: a reader thread decodes the next round's conv5 maps
+(``RoundMaps``) while the current round pools and trains there. The first round's timing gives
+the stage's ETA, announced when it is over an hour (``runtime.EtaCheck``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sppdet.cache.fingerprint import fingerprint
@@ -22,19 +29,34 @@ from sppdet.cache.workdir import WorkDir
 from sppdet.detector.backbones.weights import describe_weights, load_backbone
 from sppdet.detector.core.config import RANDOM_FC6_NORM_SAMPLE_WINDOWS, FinetuneConfig, as_dict
 from sppdet.detector.core.errors import SppdetError
-from sppdet.detector.core.progress import progress_bar
+from sppdet.detector.core.progress import Bar, progress_bar
+from sppdet.detector.features.reader import FeatureCache, MapKey
 from sppdet.detector.heads.fc import FcHead
-from sppdet.detector.heads.finetune import TrainState, WindowTable, train
+from sppdet.detector.heads.finetune import HeldOut, Round, TrainState, WindowTable, train
 from sppdet.detector.training.inputs import (
     SplitInputs,
     UpToDate,
     WindowFeatures,
+    differences,
     feature_settings_fingerprint,
+    host,
     sample_norm_scale,
     up_to_date,
 )
+from sppdet.detector.training.prefetch import Prefetcher
+from sppdet.detector.training.runtime import (
+    ETA_WARMUP_ITEMS,
+    EtaCheck,
+    PrecisionDrift,
+    Runtime,
+    precision_setting,
+)
 
 log = logging.getLogger(__name__)
+
+SHORTER_FINETUNE = "--iterations N"  # the ETA warning's advice
+READ_AHEAD_ROUNDS = 1  # rounds whose maps are read while the current round trains
+DRIFT_WINDOWS = 512  # held-out windows the precision drift is measured on
 
 
 def build_head(
@@ -73,12 +95,15 @@ def build_head(
     return head, origin, "fc6" in loaded
 
 
-def _finetune_fingerprint(inputs: SplitInputs, cfg: FinetuneConfig) -> dict[str, Any]:
+def _finetune_fingerprint(
+    inputs: SplitInputs, cfg: FinetuneConfig, runtime: Runtime
+) -> dict[str, Any]:
     return {
         "inputs": inputs.inputs_fingerprint,
         "features": feature_settings_fingerprint(inputs.cache),
         "classes": list(inputs.dataset.classes),
         "finetune": as_dict(cfg),
+        **precision_setting(runtime),
     }
 
 
@@ -90,24 +115,37 @@ class FinetuneResult:
     iterations: int
     history: list[dict[str, float]]  # held-out metrics every ``log_every`` batches
     origin: str  # where fc6/fc7 came from, and fc6's input scale when it is random
+    data_wait_share: float = 0.0  # of the loop's time, spent waiting for conv5 maps
+    drift: PrecisionDrift | None = None  # with --precision bf16/fp16: held-out logits vs fp32
 
 
 def run_finetune(
-    work: WorkDir, inputs: SplitInputs, cfg: FinetuneConfig, force: bool = False
+    work: WorkDir,
+    inputs: SplitInputs,
+    cfg: FinetuneConfig,
+    force: bool = False,
+    runtime: Runtime | None = None,
 ) -> FinetuneResult | UpToDate:
-    """Fine-tune fc6-fc8; resumes from WORK/models/finetune-partial.pt when its inputs match."""
+    """Fine-tune fc6-fc8 on the runtime's device; resumes from WORK/models/finetune-partial.pt
+    when its inputs and settings match (else refused, naming the settings that differ)."""
+    runtime = runtime or Runtime()
     inputs.check_images()
-    made = _finetune_fingerprint(inputs, cfg)
+    inputs.to(runtime.device)
+    made = _finetune_fingerprint(inputs, cfg, runtime)
     key = fingerprint(made)
     if not force and up_to_date(work, "finetune", made):
         return UpToDate(work.model("finetune"))
-    head, origin = _new_head(work, inputs, cfg)
+    head, origin = new_head(work, inputs, cfg)
     log.info("%s", origin)
     state, optimizer_state = TrainState(0, 0, []), None
     if work.model("finetune-partial").is_file() and not force:
-        state, optimizer_state = _resume(work, head, key)
+        state, optimizer_state = _resume(work, head, made)
     table = _window_table(work, inputs, cfg)
-    final = _train(work, inputs, head, table, cfg, key, state, optimizer_state)
+    final, wait_share = _train(
+        work, inputs, head, table, cfg, made, state, optimizer_state, runtime
+    )
+    drift = _drift(inputs, head, table, cfg, runtime)
+    head.to("cpu")  # the saved model loads anywhere
     payload = {
         "fingerprint": key,
         "made_from": made,
@@ -120,10 +158,10 @@ def run_finetune(
     }
     path = work.save_model("finetune", payload)
     work.model("finetune-partial").unlink(missing_ok=True)
-    return FinetuneResult(path, final.iteration, final.history, origin)
+    return FinetuneResult(path, final.iteration, final.history, origin, wait_share, drift)
 
 
-def _new_head(work: WorkDir, inputs: SplitInputs, cfg: FinetuneConfig) -> tuple[FcHead, str]:
+def new_head(work: WorkDir, inputs: SplitInputs, cfg: FinetuneConfig) -> tuple[FcHead, str]:
     """The head to fine-tune (``build_head``), a random fc6's input scaled to the target norm;
     returns it and the line saying where its weights came from."""
     head, origin, fc6_pretrained = build_head(
@@ -132,7 +170,7 @@ def _new_head(work: WorkDir, inputs: SplitInputs, cfg: FinetuneConfig) -> tuple[
     if not fc6_pretrained:  # a random fc6: normalise its input scale
         scale = sample_norm_scale(
             inputs,
-            lambda image_id, boxes: inputs.cache.pooled(image_id, boxes).numpy(),
+            lambda image_id, boxes: host(inputs.cache.pooled(image_id, boxes)),
             RANDOM_FC6_NORM_SAMPLE_WINDOWS,
             cfg.seed,
             cfg.random_fc6_input_norm,
@@ -142,13 +180,16 @@ def _new_head(work: WorkDir, inputs: SplitInputs, cfg: FinetuneConfig) -> tuple[
     return head, origin
 
 
-def _resume(work: WorkDir, head: FcHead, key: str) -> tuple[TrainState, dict[str, Any]]:
-    """Load the interrupted fine-tuning into HEAD; returns its progress and optimizer state."""
+def _resume(work: WorkDir, head: FcHead, made: dict[str, Any]) -> tuple[TrainState, dict[str, Any]]:
+    """Load the interrupted fine-tuning into HEAD; returns its progress and optimizer state.
+    One made from other inputs or settings is refused, naming what differs."""
     partial = work.load_model("finetune-partial", "sppdet finetune")
-    if partial["fingerprint"] != key:
+    if partial["fingerprint"] != fingerprint(made):
+        what = differences(partial.get("made_from", {}), made, "checkpoint", "asked")
         raise SppdetError(
             f"{work.model('finetune-partial')}: an interrupted fine-tuning with other "
-            "settings; rerun with --force to start over"
+            f"settings ({'; '.join(what) or 'an earlier version of sppdet'}); rerun with the "
+            "same settings to resume, or with --force to start over"
         )
     head.load_state_dict(partial["head"])
     state = TrainState(partial["iteration"], partial["round"], list(partial["history"]))
@@ -175,17 +216,21 @@ def _train(
     head: FcHead,
     table: WindowTable,
     cfg: FinetuneConfig,
-    key: str,
+    made: dict[str, Any],
     state: TrainState,
     optimizer_state: dict[str, Any] | None,
-) -> TrainState:
-    """The SGD loop from STATE, checkpointed to WORK/models/finetune-partial.pt as it goes."""
+    runtime: Runtime,
+) -> tuple[TrainState, float]:
+    """The SGD loop from STATE on the runtime's device, checkpointed to
+    WORK/models/finetune-partial.pt as it goes; returns the final state and the share of the
+    loop's time spent waiting for conv5 maps."""
 
     def save(train_state: TrainState, optim: dict) -> None:
         work.save_model(
             "finetune-partial",
             {
-                "fingerprint": key,
+                "fingerprint": fingerprint(made),
+                "made_from": made,
                 "head": head.state_dict(),
                 "iteration": train_state.iteration,
                 "round": train_state.round_index,
@@ -194,19 +239,113 @@ def _train(
             },
         )
 
-    inputs.cache.keep_images(cfg.images_per_round)  # a round's maps stay in memory
+    cache = inputs.cache
+    cache.keep_images(cfg.images_per_round)  # a round's maps stay in memory
+    reader = RoundMaps(cache, table) if isinstance(cache, FeatureCache) else None
+    eta = EtaCheck("finetune", cfg.iterations - state.iteration, "batch", runtime, SHORTER_FINETUNE)
     with progress_bar(cfg.iterations, "finetune", unit="batch") as bar:
         bar.advance(state.iteration)
-        return train(
+        clock = FinetuneClock(bar, eta)
+        final = train(
             head,
-            inputs.cache,
+            cache,
             table,
             cfg,
             state,
             optimizer_state,
             save,
-            on_iteration=lambda *_: bar.advance(),
+            clock=clock,
+            device=runtime.device,
+            precision=runtime.precision,
+            reader=reader,
         )
+    seconds = time.perf_counter() - clock.start
+    share = reader.wait_seconds / seconds if reader is not None and seconds > 0 else 0.0
+    log.info("finetune: %.1f%% of the time waiting for conv5 maps", 100 * share)
+    return final, share
+
+
+class FinetuneClock:
+    """Advances the progress bar; after the first round's pooling and ``ETA_WARMUP_ITEMS``
+    batches, estimates the whole run: every batch costs its own time plus its share of its
+    round's pooling."""
+
+    def __init__(self, bar: Bar, eta: EtaCheck) -> None:
+        self.bar, self.eta = bar, eta
+        self.start = time.perf_counter()
+        self._pooled: tuple[float, int] | None = None  # seconds to pool round 1, its batches
+        self._pooled_at = self.start
+        self._batches = 0
+
+    def round_pooled(self, batches: int) -> None:
+        if self._pooled is None:
+            self._pooled = (time.perf_counter() - self.start, batches)
+            self._pooled_at = time.perf_counter()
+
+    def batch_done(self, iteration: int) -> None:
+        self.bar.advance()
+        self._batches += 1
+        if self._pooled is None or self._batches != ETA_WARMUP_ITEMS:
+            return
+        pool_seconds, round_batches = self._pooled
+        per_batch = (time.perf_counter() - self._pooled_at) / self._batches
+        per_batch += pool_seconds / max(round_batches, 1)
+        self.eta.done = self._batches
+        self.eta.estimate(per_batch * self.eta.total)
+
+
+class RoundMaps:
+    """``heads.finetune.RoundReader`` for the conv5 cache: a reader thread decodes the maps of
+    the rounds ahead (``READ_AHEAD_ROUNDS``); each round's maps go to the device, once, when
+    the round starts. ``wait_seconds``: how long training waited for them."""
+
+    def __init__(self, cache: FeatureCache, table: WindowTable) -> None:
+        self.cache, self.table = cache, table
+        self.wait_seconds = 0.0
+
+    def __call__(self, rounds: Iterator[Round]) -> Iterator[Round]:
+        with Prefetcher(rounds, self._read, READ_AHEAD_ROUNDS, name="round-reader") as reader:
+            try:
+                for planned, maps in reader:
+                    self.cache.hold_maps(maps)
+                    yield planned
+            finally:
+                self.wait_seconds += reader.wait_seconds
+
+    def _read(self, planned: Round) -> dict[MapKey, torch.Tensor]:
+        """Host copies of every map the round pools from (on the reader thread)."""
+        if not planned.batches:
+            return {}
+        rows = planned.rows()
+        scales = np.concatenate([b.scales for b in planned.batches])
+        flips = np.concatenate([b.flipped for b in planned.batches])
+        keys = np.unique(np.stack([self.table.image[rows], scales, flips], 1), axis=0)
+        maps: dict[MapKey, torch.Tensor] = {}
+        for image, scale, flip in keys.tolist():
+            wanted = [(int(scale), bool(flip))]
+            maps.update(self.cache.read_maps(self.table.image_ids[image], wanted))
+        return maps
+
+
+def _drift(
+    inputs: SplitInputs, head: FcHead, table: WindowTable, cfg: FinetuneConfig, runtime: Runtime
+) -> PrecisionDrift | None:
+    """With mixed precision, how far the trained head's logits move from fp32 on a fixed
+    sample of windows (``DRIFT_WINDOWS``, the held-out sample when there is one)."""
+    if runtime.precision == "fp32":
+        return None
+    images = np.arange(len(table.image_ids))
+    sample = HeldOut.sample(inputs.cache, table, images, DRIFT_WINDOWS, cfg.seed)
+    if sample is None:
+        return None
+    head.eval()
+    with torch.no_grad():
+        reference = head(sample.features)
+        with runtime.autocast():
+            mixed = head(sample.features).float()
+    drift = PrecisionDrift.measure(reference, mixed)
+    log.info("finetune: %s", drift.describe(runtime.precision, "logits"))
+    return drift
 
 
 def load_head(work: WorkDir, inputs: SplitInputs) -> FcHead:

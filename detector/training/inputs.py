@@ -4,8 +4,10 @@
 (the conv5 cache, or the R-CNN store) as ``SplitInputs``, with one fingerprint of all three.
 Every stage saves its model in WORK/models/ with the fingerprint of everything it was made from;
 ``up_to_date`` compares it so a stage with unchanged inputs and settings skips (``UpToDate``), and
-``MADE_BY`` names the command that remakes a missing or mismatched model. ``window_features``
-and ``sample_norm_scale`` are the feature reads the stages share.
+``MADE_BY`` names the command that remakes a missing or mismatched model, and ``differences``
+names the settings that differ between two recorded settings, with both values.
+``window_features`` (computed on the runtime's device) and ``sample_norm_scale`` are the
+feature reads the stages share; ``host`` brings a result back from the device.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sppdet.cache.fingerprint import fingerprint
+from sppdet.cache.fingerprint import compare_settings, fingerprint
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.datasets import load_dataset, parse_classes
@@ -28,6 +30,7 @@ from sppdet.detector.features.rcnn_reader import RcnnCache
 from sppdet.detector.features.reader import FeatureCache
 from sppdet.detector.heads.fc import LAYERS, FcHead
 from sppdet.detector.heads.svm import feature_scale
+from sppdet.detector.training.runtime import Runtime
 from sppdet.proposals.store import open_proposals
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,13 @@ class SplitInputs:
         """The name of model BASE for these inputs' kind of features."""
         return model_name(base, self.features)
 
+    def to(self, device: torch.device | str) -> SplitInputs:
+        """Pool on DEVICE (the conv5 cache; stored R-CNN features are read on the host and
+        moved by the stages); returns self."""
+        if isinstance(self.cache, FeatureCache):
+            self.cache.to(device)
+        return self
+
     def check_images(self) -> None:
         cached = set(self.cache.image_ids)
         missing = [r.image_id for r in self.dataset.records if r.image_id not in cached]
@@ -112,10 +122,12 @@ def open_split(
     classes: str | Sequence[str] | None = None,
     model_classes_from: str | None = None,
     features: str = "spp",
+    device: torch.device | str = "cpu",
 ) -> SplitInputs:
     """Dataset records, proposals and window features (the conv5 cache, or with FEATURES "rcnn"
     the R-CNN store) of SPLIT. Classes: --classes, else those of the model MODEL_CLASSES_FROM
-    (test time: a test split may lack a class), else the data's."""
+    (test time: a test split may lack a class), else the data's. The conv5 cache holds its maps
+    and pools on DEVICE."""
     check_features(features)
     names = parse_classes(classes) if isinstance(classes, str) else classes
     if names is None and model_classes_from is not None:
@@ -123,7 +135,11 @@ def open_split(
         names = tuple(work.load_model(name, MADE_BY[name])["classes"])
     dataset = load_dataset(data, split, names)
     proposals = open_proposals(work, split)
-    cache = FeatureCache.open(work, split) if features == "spp" else RcnnCache.open(work, split)
+    cache = (
+        FeatureCache.open(work, split, device=device)
+        if features == "spp"
+        else RcnnCache.open(work, split)
+    )
     ids = [r.image_id for r in dataset.records]
     key = fingerprint(
         {"proposals": proposals.fingerprint, "features": cache.fingerprint, "images": ids}
@@ -136,6 +152,14 @@ def feature_settings_fingerprint(cache: WindowFeatures) -> str:
     return fingerprint(cache.settings)
 
 
+def differences(
+    before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str
+) -> list[str]:
+    """'setting: value (BEFORE_NAME) vs value (AFTER_NAME)' for every setting that differs
+    between two recorded settings dicts, nested sections as dotted names (finetune.iterations)."""
+    return compare_settings(before, after, before_name, after_name)
+
+
 def up_to_date(work: WorkDir, name: str, made: dict[str, Any]) -> bool:
     """Whether WORK's model NAME exists and was made from exactly MADE (then a stage skips)."""
     if not work.model(name).is_file():
@@ -144,17 +168,37 @@ def up_to_date(work: WorkDir, name: str, made: dict[str, Any]) -> bool:
 
 
 def window_features(
-    cache: WindowFeatures, head: FcHead | None, image_id: str, boxes: np.ndarray, layer: str
-) -> np.ndarray:
-    """LAYER features (pool5, fc6 or fc7 after ReLU) of BOXES at their best scale, float32."""
+    cache: WindowFeatures,
+    head: FcHead | None,
+    image_id: str,
+    boxes: np.ndarray,
+    layer: str,
+    runtime: Runtime | None = None,
+) -> torch.Tensor:
+    """LAYER features (pool5, fc6 or fc7 after ReLU) of BOXES at their best scale: float32, on
+    the runtime's device, pooled and run through the head there FEATURE_CHUNK windows at a time
+    (the fc layers in the runtime's precision)."""
     if layer not in LAYERS:
         raise SppdetError(f"unknown feature layer {layer!r}: choose one of {', '.join(LAYERS)}")
+    runtime = runtime or Runtime()
     chunks = []
     with torch.no_grad():
         for start in range(0, max(len(boxes), 1), FEATURE_CHUNK):
             pooled = cache.pooled(image_id, boxes[start : start + FEATURE_CHUNK])
-            chunks.append((pooled if head is None else head.features(pooled, layer)).numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, cache.dim), np.float32)
+            pooled = pooled.to(runtime.device)  # R-CNN features are read on the host
+            if head is None:
+                chunks.append(pooled)
+                continue
+            with runtime.autocast():
+                chunks.append(head.features(pooled, layer).float())
+    if not chunks:
+        return torch.zeros((0, cache.dim), device=runtime.device)
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+def host(features: torch.Tensor) -> np.ndarray:
+    """FEATURES as a float32 numpy array on the host (one transfer)."""
+    return features.detach().to("cpu", torch.float32).numpy()
 
 
 def sample_norm_scale(

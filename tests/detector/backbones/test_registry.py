@@ -12,7 +12,8 @@ from sppdet.detector.backbones.registry import backbone_names, backbone_spec, ba
 from sppdet.detector.backbones.trunk import build_trunk
 from sppdet.detector.core.errors import SppdetError
 
-SEQUENTIAL = ("zf5", "alexnet", "vgg16")  # trunks whose modules are one chain of layers
+# Trunks whose modules are one chain of layers.
+SEQUENTIAL = ("zf5", "alexnet", "vgg16", "caffe-alexnet")
 
 
 def square(value: int | tuple[int, ...]) -> int:
@@ -30,11 +31,11 @@ def test_unknown_backbone_is_one_line_listing_the_known_ones():
         backbone_spec("zf9")
     message = str(err.value)
     assert "\n" not in message and "unknown backbone 'zf9'" in message
-    assert all(name in message for name in ("zf5", "alexnet", "vgg16", "resnet50"))
+    assert all(name in message for name in ("zf5", "alexnet", "vgg16", "resnet50", "caffe-alexnet"))
 
 
 def test_lookup_by_name():
-    assert backbone_names() == ("zf5", "alexnet", "vgg16", "resnet50")
+    assert backbone_names() == ("zf5", "alexnet", "vgg16", "resnet50", "caffe-alexnet")
     assert [spec.name for spec in backbone_specs()] == list(backbone_names())
     assert all(backbone_spec(name).name == name for name in backbone_names())
 

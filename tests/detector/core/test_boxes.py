@@ -100,6 +100,24 @@ def test_nms_with_classes_suppresses_within_a_class_only() -> None:
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.3, classes=np.zeros(0, np.int64)).shape == (0,)
 
 
+def test_nms_runs_on_the_device_asked_and_leaves_the_inputs_alone() -> None:
+    rng = np.random.default_rng(9)
+    boxes = _random_boxes(rng, 200)
+    scores = rng.random(200)
+    classes = rng.integers(0, 3, size=200)
+    before = boxes.copy()
+    on_cpu = nms(boxes, scores, 0.3, classes=classes, device=torch.device("cpu"))
+    np.testing.assert_array_equal(boxes, before)  # the +1 shift works on a copy
+    np.testing.assert_array_equal(on_cpu, nms(boxes, scores, 0.3, classes=classes))
+    # The meta device has shapes but no data: NMS really ran there when it cannot finish.
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        nms(boxes, scores, 0.3, device="meta")
+    if torch.cuda.is_available():
+        for cls in (None, classes):
+            on_gpu = nms(boxes, scores, 0.5, classes=cls, device="cuda")
+            np.testing.assert_array_equal(on_gpu, nms(boxes, scores, 0.5, classes=cls))
+
+
 def test_deltas_round_trip_and_known_values() -> None:
     proposals = np.array([[10, 10, 30, 50], [0, 0, 100, 20]], np.float64)
     targets = np.array([[12, 8, 34, 58], [10, -5, 60, 25]], np.float64)

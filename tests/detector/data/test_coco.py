@@ -3,6 +3,8 @@ difficult, and bad files are refused naming the file."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -29,3 +31,15 @@ def test_coco_reader(tmp_path):
     assert a.labels.tolist() == [0, 1]
     assert a.difficult.tolist() == [False, True]  # iscrowd
     assert len(dataset.records[1].labels) == 0
+
+
+@pytest.mark.parametrize("file_name", ["/etc/hostname", "../outside.jpg"])
+def test_a_file_name_leading_out_of_the_image_folder_is_refused(tmp_path, file_name):
+    path = coco_json(tmp_path / "gt.json")
+    path.write_text(path.read_text().replace('"b.jpg"', json.dumps(file_name)))
+    with pytest.raises(SppdetError) as caught:
+        load_coco(path)
+    assert str(caught.value) == (
+        f"{path}: image 7's file_name {file_name!r} leads out of {tmp_path} ; give file names "
+        "inside the image folder"
+    )

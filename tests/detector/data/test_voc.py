@@ -3,6 +3,7 @@ a message that names the file."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.datasets import load_dataset
+from sppdet.detector.data.images import read_image
 from sppdet.detector.data.synthetic import write_voc_split
 from sppdet.detector.data.voc import load_voc
 from tests.detector.data.shared import voc_tree
@@ -51,7 +53,7 @@ def test_voc_given_classes_filter_objects(tmp_path):
 
 def test_voc_split_without_objects_needs_classes(tmp_path):
     voc_tree(tmp_path, objects=[])
-    with pytest.raises(SppdetError, match="has no objects; pass --classes"):
+    with pytest.raises(SppdetError, match="has no objects ; pass --classes"):
         load_voc(tmp_path, "test")
     assert load_voc(tmp_path, "test", classes=("dog",)).records[0].boxes.shape == (0, 4)
 
@@ -159,3 +161,77 @@ def test_incomplete_annotation(tmp_path, text, message):
     write_xml(tmp_path, text)
     with pytest.raises(SppdetError, match=message):
         load_voc(tmp_path, "test")
+
+
+# ------------------------------------------------------------------ files outside the tree, sizes
+
+
+def test_an_absolute_filename_is_refused(tmp_path):
+    voc_tree(tmp_path)
+    xml = tmp_path / "Annotations" / "000002.xml"
+    xml.write_text(xml.read_text().replace("<filename>000002.jpg", "<filename>/etc/hostname"))
+    with pytest.raises(SppdetError) as caught:
+        load_voc(tmp_path, "test")
+    assert str(caught.value) == (
+        f"{xml}: <filename> '/etc/hostname' leads out of {tmp_path / 'JPEGImages'} ; give the "
+        "image's name inside JPEGImages/"
+    )
+
+
+@pytest.mark.parametrize("image_id", ["../../outside", "/tmp/x", "a/../../b"])
+def test_a_split_id_leading_out_of_the_tree_is_refused(tmp_path, image_id):
+    voc_tree(tmp_path)
+    (tmp_path / "outside.xml").write_text(annotation(""))
+    write_voc_split(tmp_path, "test", ["000001", image_id])
+    with pytest.raises(SppdetError) as caught:
+        load_voc(tmp_path, "test")
+    split_file = tmp_path / "ImageSets" / "Main" / "test.txt"
+    assert str(caught.value) == (
+        f"{split_file}:2: image id {image_id!r} leads out of the dataset ; list plain image ids "
+        "such as 000005"
+    )
+
+
+def test_a_duplicate_id_names_the_split_file_and_both_lines(tmp_path):
+    voc_tree(tmp_path)
+    write_voc_split(tmp_path, "test", ["000001", "000002", "000001"])
+    split_file = tmp_path / "ImageSets" / "Main" / "test.txt"
+    with pytest.raises(SppdetError) as caught:
+        load_voc(tmp_path, "test")
+    assert str(caught.value) == (
+        f"{split_file}:3: image id '000001' is listed twice (first on line 1) ; list each image "
+        "once"
+    )
+
+
+def test_an_annotation_of_the_stored_view_of_a_turned_photo_is_refused(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    voc_tree(tmp_path)
+    exif = pil.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees: 100 wide, 120 high
+    photo = tmp_path / "JPEGImages" / "000002.jpg"
+    pil.new("RGB", (120, 100)).save(photo, exif=exif.tobytes())
+    with pytest.raises(SppdetError) as caught:
+        load_voc(tmp_path, "test")
+    assert str(caught.value).startswith(
+        f"{tmp_path / 'Annotations' / '000002.xml'}: <size> 120x100 is the stored size of "
+        "000002.jpg, but its EXIF orientation 6 shows it as 100x120, the view sppdet decodes"
+    )
+    assert read_image(photo).shape == (120, 100, 3)  # what every stage would see
+
+
+def test_other_size_differences_are_one_warning(tmp_path, caplog):
+    voc_tree(tmp_path, ids=("000001", "000002", "000003"))
+    for image_id in ("000002", "000003"):
+        xml = tmp_path / "Annotations" / f"{image_id}.xml"
+        xml.write_text(xml.read_text().replace("<width>120</width>", "<width>130</width>"))
+    with caplog.at_level(logging.WARNING, "sppdet.detector.data.voc"):
+        dataset = load_voc(tmp_path, "test")
+    assert [r.width for r in dataset.records] == [120, 130, 130]  # the annotation's numbers
+    [record] = caplog.records
+    xml = tmp_path / "Annotations" / "000002.xml"
+    assert record.getMessage() == (
+        f"2 of 3 annotations of split 'test' give a <size> other than their image's (first: "
+        f"{xml}: <size> 130x100, image 120x100) ; correct <size> and the boxes, which refer to "
+        "the image as it displays"
+    )

@@ -33,7 +33,13 @@ def test_detect_result_counts_the_written_detections(detected) -> None:  # type:
     written = read_voc_results(result.out, "test", CLASSES).detections
     assert result.detections == {name: len(written[name]) for name in CLASSES}
     assert sum(result.detections.values()) > 0
-    assert work.recorded("detect", "test") == {"detect": as_dict(DetectConfig()), "bbox": False}
+    # What the candidates were scored with, the SVMs' settings included (named on a mismatch).
+    svm = work.load_model("svm", "sppdet train-svm")["made_from"]
+    assert work.recorded("detect", "test") == {
+        "detect": as_dict(DetectConfig()),
+        "bbox": False,
+        "models": {"svm": svm},
+    }
 
 
 def test_combine_needs_two_work_folders(detected) -> None:  # type: ignore[no-untyped-def]

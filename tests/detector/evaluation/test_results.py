@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.evaluation.results import (
+    MAX_RESULTS_LINE,
     evaluate_voc_folder,
     read_voc_results,
     write_voc_results,
@@ -101,3 +104,30 @@ def test_evaluate_voc_folder_end_to_end(tmp_path):
     # dog: ignored, TP, FP -> recall 0.5 at precision 1, never more.
     assert by_name["dog"].ap == pytest.approx(6 / 11)
     assert result.map == pytest.approx((1 + 6 / 11) / 2)
+
+
+def test_a_huge_line_is_refused_before_any_array_is_sized_by_it(tmp_path):
+    # The id column was as wide as the longest line: 1 MB made every row 4 MB. Now the line is
+    # refused while the memory in use stays near the file's own size.
+    rows = "".join(f"x {i / 1000!r} 1 1 5 5\n" for i in range(1000))
+    huge = "x" * 1_000_000 + " 0.5 1 1 5 5\n"
+    (tmp_path / "comp4_det_test_a.txt").write_text(rows + huge)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SppdetError) as caught:
+            read_voc_results(tmp_path, "test", ("a",))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value).startswith(
+        f"{tmp_path / 'comp4_det_test_a.txt'}:1001: a line of 1,000,012 characters, over the "
+        f"{MAX_RESULTS_LINE:,} a results line may have ; write one detection a line"
+    )
+    assert peak < 20 * len(rows + huge)  # the text, its lines and their copies; no 4 GB table
+
+
+def test_an_id_outside_the_split_is_refused_with_its_line(tmp_path):
+    long_id = "y" * (MAX_RESULTS_LINE - 20)
+    (tmp_path / "comp4_det_test_a.txt").write_text(f"x 0.5 1 1 5 5\n{long_id} 0.5 1 1 5 5\n")
+    with pytest.raises(SppdetError, match=r"_test_a.txt:2: image id 'yyyy.* is not in the eval"):
+        read_voc_results(tmp_path, "test", ("a",), {"x"})

@@ -16,6 +16,12 @@ def tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def small_tree(tmp_path_factory) -> Path:
+    """Twelve training images: an epoch in a second or two."""
+    return make_color_tree(tmp_path_factory.mktemp("small"), per_class=6, splits=("train",))
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread: on two cores shared with other work, small convolutions run several
     times faster than with two threads waiting for each other."""

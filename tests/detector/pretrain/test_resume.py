@@ -31,14 +31,27 @@ def test_state_lies_beside_the_checkpoint(tmp_path):
 
 def test_settings_leave_out_what_a_resumed_run_may_change(tree):
     samples = folder_samples(tree, "train")
-    settings = run_settings(CFG, samples, "train")
+    settings = run_settings(CFG, samples, "train", None)
     assert settings["split"] == "train" and settings["data"] == samples.describe()
     assert {"epochs", "workers", "device"}.isdisjoint(settings["pretrain"])
     assert settings["pretrain"]["base_lr"] == CFG.base_lr
     longer = dataclasses.replace(CFG, epochs=9, workers=3, device="cuda")
-    assert run_settings(longer, samples, "train") == settings
-    other = run_settings(dataclasses.replace(CFG, seed=4), samples, "train")
+    assert run_settings(longer, samples, "train", None) == settings
+    other = run_settings(dataclasses.replace(CFG, seed=4), samples, "train", None)
     assert fingerprint(other) != fingerprint(settings)
+
+
+def test_start_weights_enter_by_content_not_path(tree):
+    samples = folder_samples(tree, "train")
+    random = run_settings(CFG, samples, "train", None)
+    # A random start records nothing new: states written before --weights existed resume.
+    assert "weights" not in random["pretrain"]
+    here = run_settings(dataclasses.replace(CFG, weights="a/net.pt"), samples, "train", "file:12")
+    moved = run_settings(dataclasses.replace(CFG, weights="b/net.pt"), samples, "train", "file:12")
+    assert here == moved and here["pretrain"]["weights"] == "file:12"
+    assert {k: v for k, v in here["pretrain"].items() if k != "weights"} == random["pretrain"]
+    other = run_settings(dataclasses.replace(CFG, weights="a/net.pt"), samples, "train", "file:34")
+    assert fingerprint(other) != fingerprint(here) != fingerprint(random)
 
 
 def test_saved_state_reads_back_in_order(tmp_path):

@@ -26,7 +26,7 @@ from sppdet.detector.pretrain.classifier import load_classifier
 from sppdet.detector.pretrain.classify import classify_eval
 from sppdet.detector.pretrain.resume import state_path
 from sppdet.detector.pretrain.train import Plateau, pretrain
-from tests.detector.pretrain.shared import CFG, make_color_tree
+from tests.detector.pretrain.shared import CFG
 
 # Long enough to learn red from blue: from the paper's initialisation (fc8 ~ N(0, 0.01)) the
 # loss stays near ln 2 for the first dozen steps.
@@ -43,11 +43,6 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-
-
-@pytest.fixture(scope="module")
-def small_tree(tmp_path_factory) -> Path:
-    return make_color_tree(tmp_path_factory.mktemp("small"), per_class=6, splits=("train",))
 
 
 @pytest.fixture(scope="module")
