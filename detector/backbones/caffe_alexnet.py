@@ -17,7 +17,7 @@ from collections import OrderedDict
 from torch import nn
 
 from sppdet.detector.backbones.preprocessing import Preprocessing
-from sppdet.detector.backbones.registry import BackboneSpec
+from sppdet.detector.backbones.registry import BackboneSpec, kaiming_init_
 
 LRN_SIZE = 5  # CaffeNet's norm1/norm2: across channels
 LRN_ALPHA = 1e-4
@@ -61,12 +61,7 @@ def caffe_alexnet_features() -> nn.Sequential:
 
 def random_caffe_alexnet_features() -> nn.Sequential:
     """Kaiming-normal convolutions and zero biases, drawn from the global generator."""
-    features = caffe_alexnet_features()
-    for layer in features:
-        if isinstance(layer, nn.Conv2d):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-    return features
+    return kaiming_init_(caffe_alexnet_features())
 
 
 SPEC = BackboneSpec(

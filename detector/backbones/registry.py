@@ -34,6 +34,16 @@ from sppdet.detector.spp.geometry import CellGeometry, layer_geometry
 Layer = tuple[int, int, int]  # (kernel, stride, padding) of one convolution or pooling layer
 
 
+def kaiming_init_(features: nn.Sequential) -> nn.Sequential:
+    """FEATURES' convolutions re-drawn Kaiming-normal (for ReLU) with zero biases, in layer order
+    from the global generator: the random start of the trunks defined here (not torchvision's)."""
+    for layer in features:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return features
+
+
 @dataclass(frozen=True)
 class TorchvisionSource:
     """Where a trunk sits inside one of torchvision's ImageNet classifiers."""

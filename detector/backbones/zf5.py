@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sppdet.detector.backbones.preprocessing import Preprocessing
-from sppdet.detector.backbones.registry import BackboneSpec
+from sppdet.detector.backbones.registry import BackboneSpec, kaiming_init_
 
 LRN_ALPHA = 5e-5  # released ZF-5: within-channel LRN, local size 3
 
@@ -72,12 +72,7 @@ def zf5_features() -> nn.Sequential:
 
 def random_zf5_features() -> nn.Sequential:
     """ZF-5 with Kaiming-normal convolutions and zero biases, drawn from the global generator."""
-    features = zf5_features()
-    for layer in features:
-        if isinstance(layer, nn.Conv2d):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-    return features
+    return kaiming_init_(zf5_features())
 
 
 SPEC = BackboneSpec(

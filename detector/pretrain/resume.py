@@ -79,23 +79,15 @@ def load_state(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise SppdetError(f"{path}: not a pretrain resume state; delete it or pass another --out")
     if state.get("version") != STATE_VERSION:
-        raise SppdetError(f"{path}: resume state version {state.get('version')!r} unsupported")
+        raise SppdetError(
+            f"{path}: resume state version {state.get('version')!r} unsupported ; delete it or "
+            "rerun with --no-resume"
+        )
     if state["fingerprint"] != fingerprint(settings):
-        diff = differences(_flatten(settings), _flatten(state["settings"]))
+        diff = differences(settings, state["settings"])
         raise SppdetError(
             f"{path}: resume state made with other settings "
             f"({'; '.join(diff[:DIFFERENCES_SHOWN])}); rerun with --no-resume to start over, or "
             "choose another --out"
         )
     return state
-
-
-def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as one level of dotted keys, so a difference names its full path."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
