@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sppdet.cache.atomic import remove_stale_temporaries
+from sppdet.cache.fingerprint import compare_settings
 from sppdet.cache.shards import META_NAME, ShardedStore, ShardWriter
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.config import (
@@ -45,7 +46,6 @@ from sppdet.detector.evaluation.voc import ClassDetections
 from sppdet.detector.training.inputs import (
     MADE_BY,
     SplitInputs,
-    differences,
     model_name,
     open_split,
 )
@@ -178,7 +178,7 @@ def _refuse_other_candidates(
     except SppdetError:
         return  # an unreadable store: ``ShardedStore.create`` says what is wrong with it
     plain = [k for k in set(found) | set(params) if k not in (*MODEL_KEYS, INPUTS_KEY)]
-    what = differences(
+    what = compare_settings(
         {k: found[k] for k in plain if k in found},
         {k: params[k] for k in plain if k in params},
         "candidates",
@@ -192,7 +192,9 @@ def _refuse_other_candidates(
             continue
         before, now = then.get(key), models.get(key)
         if before is not None and now is not None:
-            what += [f"{key}.{line}" for line in differences(before, now, "candidates", "asked")]
+            what += [
+                f"{key}.{line}" for line in compare_settings(before, now, "candidates", "asked")
+            ]
         elif found.get(key) is None or params.get(key) is None:
             used = {True: "a trained model", False: "none"}
             what.append(

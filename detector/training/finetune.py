@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sppdet.cache.fingerprint import fingerprint
+from sppdet.cache.fingerprint import compare_settings, fingerprint
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.backbones.weights import describe_weights, load_backbone
 from sppdet.detector.core.config import RANDOM_FC6_NORM_SAMPLE_WINDOWS, FinetuneConfig, as_dict
@@ -37,7 +37,6 @@ from sppdet.detector.training.inputs import (
     SplitInputs,
     UpToDate,
     WindowFeatures,
-    differences,
     feature_settings_fingerprint,
     host,
     sample_norm_scale,
@@ -185,7 +184,7 @@ def _resume(work: WorkDir, head: FcHead, made: dict[str, Any]) -> tuple[TrainSta
     One made from other inputs or settings is refused, naming what differs."""
     partial = work.load_model("finetune-partial", "sppdet finetune")
     if partial["fingerprint"] != fingerprint(made):
-        what = differences(partial.get("made_from", {}), made, "checkpoint", "asked")
+        what = compare_settings(partial.get("made_from", {}), made, "checkpoint", "asked")
         raise SppdetError(
             f"{work.model('finetune-partial')}: an interrupted fine-tuning with other "
             f"settings ({'; '.join(what) or 'an earlier version of sppdet'}); rerun with the "

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sppdet.cache.fingerprint import compare_settings, fingerprint
+from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.datasets import load_dataset, parse_classes
@@ -150,14 +150,6 @@ def open_split(
 def feature_settings_fingerprint(cache: WindowFeatures) -> str:
     """Fingerprint of the cache's settings alone (not its images): equal for train and test."""
     return fingerprint(cache.settings)
-
-
-def differences(
-    before: dict[str, Any], after: dict[str, Any], before_name: str, after_name: str
-) -> list[str]:
-    """'setting: value (BEFORE_NAME) vs value (AFTER_NAME)' for every setting that differs
-    between two recorded settings dicts, nested sections as dotted names (finetune.iterations)."""
-    return compare_settings(before, after, before_name, after_name)
 
 
 def up_to_date(work: WorkDir, name: str, made: dict[str, Any]) -> bool:

@@ -16,10 +16,10 @@ import dataclasses
 import logging
 from typing import Any
 
+from sppdet.cache.fingerprint import compare_settings
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.config import PipelineConfig, as_dict, preset, section_from_dict
 from sppdet.detector.core.errors import SppdetError
-from sppdet.detector.training.inputs import differences
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def stage_config(work: WorkDir, name: str | None) -> PipelineConfig:
         return config_from_record(work, recorded)
     cfg = preset(name or DEFAULT_PRESET)
     if recorded is not None and recorded != as_dict(cfg):
-        what = differences(recorded, as_dict(cfg), "work folder", f"--preset {cfg.preset}")
+        what = compare_settings(recorded, as_dict(cfg), "work folder", f"--preset {cfg.preset}")
         log.warning(
             "%s was started with preset %s; this stage runs with --preset %s as asked (%s)",
             work.root,

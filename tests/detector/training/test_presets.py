@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sppdet.cache.fingerprint import compare_settings
 from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
@@ -16,7 +17,7 @@ from sppdet.detector.core.config import DetectConfig, FinetuneConfig, SvmConfig,
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.detection.stage import run_detect
 from sppdet.detector.training.finetune import _finetune_fingerprint, run_finetune
-from sppdet.detector.training.inputs import differences, open_split
+from sppdet.detector.training.inputs import open_split
 from sppdet.detector.training.presets import record_config, stage_config
 from sppdet.detector.training.runtime import Runtime
 from sppdet.detector.training.svm import run_train_svm
@@ -65,7 +66,7 @@ def test_another_preset_runs_as_asked_and_names_what_differs(tmp_path, caplog) -
 def test_differences_name_nested_settings_with_both_values() -> None:
     before = {"svm": {"C": 0.001, "layer": "fc7"}, "scales": [480], "inputs": "a"}
     after = {"svm": {"C": 0.01, "layer": "fc7"}, "scales": (480, 688), "inputs": "a", "new": 1}
-    assert differences(before, after, "then", "now") == [
+    assert compare_settings(before, after, "then", "now") == [
         "new: None (then) vs 1 (now)",
         "scales: [480] (then) vs [480, 688] (now)",
         "svm.C: 0.001 (then) vs 0.01 (now)",
