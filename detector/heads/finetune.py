@@ -258,6 +258,16 @@ class TrainClock(Protocol):
     def batch_done(self, iteration: int) -> None: ...
 
 
+def _optimizer(head: FcHead, cfg: FinetuneConfig, optimizer_state: dict | None) -> torch.optim.SGD:
+    """SGD with momentum and weight decay on HEAD, resumed from OPTIMIZER_STATE when given."""
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    return optimizer
+
+
 def train(
     head: FcHead,
     pooler: PooledFeatures,
@@ -282,11 +292,7 @@ def train(
     head.to(device)
     train_images, held_images = split_holdout(len(table.image_ids))
     held = HeldOut.sample(pooler, table, held_images, 512, cfg.seed)
-    optimizer = torch.optim.SGD(
-        head.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
+    optimizer = _optimizer(head, cfg, optimizer_state)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     head.train()
     iteration, round_index, last_saved = state.iteration, state.round_index, state.iteration
