@@ -45,7 +45,7 @@ from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.records import Dataset
 from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.detection.postprocess import select
-from sppdet.detector.detection.scorer import image_candidates, load_detector
+from sppdet.detector.detection.scorer import image_candidates, load_window_scorer
 from sppdet.detector.features.reader import FeatureCache
 from sppdet.detector.features.writer import cache_features
 from sppdet.detector.heads.finetune import TrainState, WindowTable, train
@@ -135,7 +135,7 @@ def detect_seconds(
     without flips, per image) plus reading the maps, pooling, fc6/fc7, SVMs, regression and
     NMS. The heads come from WORK's models; their cost does not depend on the scales."""
     test_inputs = open_split(work, data, "test", device=runtime.device)
-    detector = load_detector(work, test_inputs, preset("released").detect, True, runtime)
+    detector = load_window_scorer(work, test_inputs, preset("released").detect, True, runtime)
     dataset = test_inputs.dataset
     scratch = WorkDir.at(work.root.parent / f"{work.root.name}-{len(scales)}scale")
     shutil.rmtree(scratch.root, ignore_errors=True)  # a finished cache would not be recomputed

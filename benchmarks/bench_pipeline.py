@@ -28,7 +28,7 @@ from sppdet.detector.backbones.weights import load_backbone
 from sppdet.detector.core.boxes import nms
 from sppdet.detector.core.config import override, preset
 from sppdet.detector.detection.postprocess import threshold_scores
-from sppdet.detector.detection.scorer import load_detector
+from sppdet.detector.detection.scorer import load_window_scorer
 from sppdet.detector.detection.stage import run_detect
 from sppdet.detector.evaluation.results import evaluate_voc_folder
 from sppdet.detector.features.conv5 import compute_conv5, load_resized
@@ -58,7 +58,7 @@ def variant(work: WorkDir, name: str) -> WorkDir:
 def test_time_split(work: WorkDir, data: str, cfg, images: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Mean seconds per test image of each part of detection (proposals excluded)."""
     inputs = open_split(work, data, "test", model_classes_from="svm")
-    detector = load_detector(work, inputs, cfg.detect, bbox=True)
+    detector = load_window_scorer(work, inputs, cfg.detect, bbox=True)
     backbone = load_backbone(cfg.features.backbone, cfg.features.weights)
     trunk = backbone.trunk.eval()
     parts = {"conv": 0.0, "pooling": 0.0, "fc": 0.0, "svm": 0.0, "nms": 0.0}

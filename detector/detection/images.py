@@ -30,7 +30,7 @@ from sppdet.detector.data.draw import draw_detections
 from sppdet.detector.data.images import read_image
 from sppdet.detector.data.records import Dataset, ImageRecord
 from sppdet.detector.detection.postprocess import Candidates, select
-from sppdet.detector.detection.scorer import image_candidates, load_detector
+from sppdet.detector.detection.scorer import image_candidates, load_window_scorer
 from sppdet.detector.features.reader import FeatureCache
 from sppdet.detector.features.writer import cache_features
 from sppdet.detector.training.inputs import SplitInputs
@@ -115,7 +115,9 @@ def detect_images(
     proposals = open_proposals(scratch, dataset.split)
     cache = FeatureCache.open(scratch, dataset.split, device=runtime.device)
     inputs = SplitInputs(dataset, proposals.boxes, cache, "")
-    detector = load_detector(work, inputs, cfg, bbox=work.model("bbox").is_file(), runtime=runtime)
+    detector = load_window_scorer(
+        work, inputs, cfg, bbox=work.model("bbox").is_file(), runtime=runtime
+    )
     found: dict[str, list[ImageDetection]] = {}
     for record in dataset.records:
         kept = select(image_candidates(inputs, detector, record.image_id), cfg, runtime.device)

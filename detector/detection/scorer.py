@@ -1,6 +1,6 @@
-"""Scoring windows with a trained model: the ``Detector`` and the candidates of one image.
+"""Scoring windows with a trained model: the ``WindowScorer`` and the candidates of one image.
 
-A ``Detector`` holds one work folder's heads (the fc6/fc7 features the SVMs were trained on, the
+A ``WindowScorer`` holds one work folder's heads (the fc6/fc7 features the SVMs were trained on, the
 SVMs and, optionally, the box regressors) on the runtime's device. ``image_candidates`` pools an
 image's proposals from the feature cache in chunks and keeps every (window, class) scoring above
 the threshold (-1.5), with its regressed box clipped to the image. Pooling, fc6/fc7, scoring and
@@ -40,7 +40,7 @@ from sppdet.detector.training.svm import feature_head, load_svm
 
 
 @dataclass
-class Detector:
+class WindowScorer:
     """The heads of one trained model, ready to score the pooled features of windows."""
 
     head: FcHead | None
@@ -79,24 +79,24 @@ class Detector:
         return Candidates(windows, regressed.astype(np.float32), kept, labels)
 
 
-def load_detector(
+def load_window_scorer(
     work: WorkDir,
     inputs: SplitInputs,
     cfg: DetectConfig,
     bbox: bool,
     runtime: Runtime | None = None,
-) -> Detector:
+) -> WindowScorer:
     """WORK's trained heads for INPUTS, the fc layers on the runtime's device."""
     runtime = runtime or Runtime()
     scorer, svm = load_svm(work, inputs)
     head = feature_head(work, inputs, svm["layer"], svm["finetuned"], runtime.device)
     regressor, bbox_scale = load_bbox(work, inputs) if bbox else (None, 1.0)
-    return Detector(
+    return WindowScorer(
         head, svm["layer"], scorer, float(svm["scale"]), regressor, bbox_scale, cfg, runtime
     )
 
 
-def image_candidates(inputs: SplitInputs, detector: Detector, image_id: str) -> Candidates:
+def image_candidates(inputs: SplitInputs, detector: WindowScorer, image_id: str) -> Candidates:
     """The candidates of every proposal of IMAGE_ID, pooled and scored FEATURE_CHUNK at a time
     on the detector's device."""
     boxes = inputs.proposals(image_id)

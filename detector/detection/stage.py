@@ -1,6 +1,6 @@
 """The ``detect`` stage: every proposal of a split scored, NMS, written as VOC and COCO results.
 
-``run_detect`` scores each image's proposals with the work folder's ``Detector`` (scorer.py) and
+``run_detect`` scores each image's proposals with the work folder's ``WindowScorer`` (scorer.py) and
 stores the candidates per image in WORK/detections/<split>/candidates, a sharded store, so detect
 resumes after an interrupt and ``combine`` can take the union of two models' candidates. Scoring
 runs on the runtime's device, the next images' conv5 maps read ahead by a reader thread. Shards
@@ -35,10 +35,10 @@ from sppdet.detector.data.records import Dataset
 from sppdet.detector.detection.postprocess import Candidates, select
 from sppdet.detector.detection.scorer import (
     FEATURE_CHUNK,
-    Detector,
+    WindowScorer,
     detector_fingerprint,
     image_candidates,
-    load_detector,
+    load_window_scorer,
 )
 from sppdet.detector.evaluation.coco import write_coco_results
 from sppdet.detector.evaluation.results import write_voc_results
@@ -99,7 +99,7 @@ def run_detect(
     inputs.to(runtime.device)
     remote = executor is not None and executor.kind != "local"
     settings = detect_settings(work, inputs, cfg, bbox, data, runtime) if remote else None
-    detector = load_detector(work, inputs, cfg, bbox, runtime)
+    detector = load_window_scorer(work, inputs, cfg, bbox, runtime)
     split = inputs.dataset.split
     params = {
         **detector_fingerprint(work, cfg, bbox, inputs.features),
@@ -214,7 +214,7 @@ def _write_candidates(
     writer: ShardWriter,
     image_ids: list[str],
     inputs: SplitInputs,
-    detector: Detector,
+    detector: WindowScorer,
     on_image: Callable[[], None] | None = None,
 ) -> None:
     """Score every proposal of IMAGE_IDS (their maps read ahead) and store the candidates."""
@@ -227,7 +227,7 @@ def _write_candidates(
                 on_image()
 
 
-def _drift(inputs: SplitInputs, detector: Detector, image_id: str) -> PrecisionDrift | None:
+def _drift(inputs: SplitInputs, detector: WindowScorer, image_id: str) -> PrecisionDrift | None:
     """With mixed precision, how far the SVM scores of IMAGE_ID's proposals move from fp32."""
     if detector.runtime.precision == "fp32" or detector.head is None:
         return None
@@ -268,10 +268,10 @@ def detect_settings(
 
 
 # Per worker process: the split's inputs and the detector of the last settings used.
-_worker_state: tuple[str, SplitInputs, Detector] | None = None
+_worker_state: tuple[str, SplitInputs, WindowScorer] | None = None
 
 
-def _worker_detector(settings: dict[str, Any]) -> tuple[SplitInputs, Detector]:
+def _worker_detector(settings: dict[str, Any]) -> tuple[SplitInputs, WindowScorer]:
     global _worker_state
     key = repr(sorted(settings.items()))
     if _worker_state is None or _worker_state[0] != key:
@@ -293,7 +293,7 @@ def _worker_detector(settings: dict[str, Any]) -> tuple[SplitInputs, Detector]:
                 f"{work.root}: this node sees other proposals or features than the driver; "
                 "put the work folder on a filesystem shared by every node"
             )
-        detector = load_detector(work, inputs, settings["detect"], settings["bbox"], runtime)
+        detector = load_window_scorer(work, inputs, settings["detect"], settings["bbox"], runtime)
         _worker_state = (key, inputs, detector)
     return _worker_state[1], _worker_state[2]
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sppdet.detector.core.config import BboxConfig, DetectConfig, FinetuneConfig, SvmConfig
-from sppdet.detector.detection.scorer import Detector, load_detector
+from sppdet.detector.detection.scorer import WindowScorer, load_window_scorer
 from sppdet.detector.detection.stage import run_detect
 from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.heads.finetune import TrainState, WindowTable, train
@@ -82,7 +82,7 @@ def test_stored_features_are_moved_to_the_device() -> None:
 def test_detector_scores_where_its_features_are() -> None:
     head = FcHead(6, 4, 3, 0.0)
     scorer = LinearScorer(np.ones((2, 4), np.float32), np.zeros(2, np.float32))
-    detector = Detector(head.to("meta"), "fc7", scorer, 2.0, None, 1.0, DetectConfig(), META)
+    detector = WindowScorer(head.to("meta"), "fc7", scorer, 2.0, None, 1.0, DetectConfig(), META)
     assert detector.scores(torch.empty(5, 6, device="meta")).device.type == "meta"
 
 
@@ -132,11 +132,11 @@ def test_svm_mining_on_tensors_matches_numpy() -> None:
     np.testing.assert_array_equal(on_device.bias, on_host.bias)
 
 
-def test_load_detector_puts_the_head_on_the_device(split) -> None:  # type: ignore[no-untyped-def]
+def test_load_window_scorer_puts_the_head_on_the_device(split) -> None:  # type: ignore[no-untyped-def]
     data, work = split
     train_inputs = open_split(work, data, "trainval", CLASSES)
     run_train_svm(work, train_inputs, SvmConfig(layer="fc7", norm_sample_windows=300), False)
-    detector = load_detector(
+    detector = load_window_scorer(
         work, open_split(work, data, "test", CLASSES), DetectConfig(), False, META
     )
     assert detector.head is not None and detector.head.fc6.weight.device.type == "meta"
