@@ -35,7 +35,7 @@ ROOMS = {
     "sppdet.detector.pretrain": "pretrain",
     "sppdet.detector.pipeline": "top",
     "sppdet.detector.bench": "top",
-    "sppdet.detector.api": "top",
+    "sppdet.detector.inference": "inference",
     "sppdet.detector": "package",
     "sppdet.cli": "cli",
 }
@@ -56,6 +56,8 @@ ALLOWED: dict[str, set[str]] = {
     "training": _BELOW_TRAINING | {"postprocess"},
     "detection": _BELOW_TRAINING | {"postprocess", "training", "evaluation"},
     "pretrain": {"core", "cache", "data", "spp", "backbones", "heads", "features", "evaluation"},
+    # The trained model as one object (Detector, the model file, ONNX export): above detection.
+    "inference": _BELOW_TRAINING | {"postprocess", "training", "evaluation", "detection"},
     "top": set(ROOMS.values()) - {"cli"},
     "package": set(ROOMS.values()) - {"cli"},
     "cli": set(ROOMS.values()),
