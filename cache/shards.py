@@ -113,6 +113,8 @@ class ShardRecord:
 
 def _read_index(path: Path, fix: str) -> tuple[StoreMeta, dict[int, ShardRecord]]:
     obj = read_json(path, fix)
+    if "shards" not in obj and "image_ids" in obj:
+        obj = _adopt_unindexed_shards(path, fix)
     try:
         meta = StoreMeta.from_json(obj)
         records = {
@@ -122,6 +124,30 @@ def _read_index(path: Path, fix: str) -> tuple[StoreMeta, dict[int, ShardRecord]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DamagedFile(f"{path}: damaged store index (bad or missing {exc}) ; {fix}") from None
     return meta, records
+
+
+def shard_file(root: Path, shard: int) -> Path:
+    return root / f"shard-{shard:05d}.h5"
+
+
+def _adopt_unindexed_shards(path: Path, fix: str) -> dict[str, Any]:
+    """The index of a store written before shards were recorded in it (sppdet 0.1 before the
+    sha256 index): there a shard file only appeared by an atomic rename once complete, so every
+    shard file present is finished. Their size and sha256 are recorded once, under the index
+    lock, so an upgrade keeps the work already done instead of redoing it."""
+    with index_locked(path.parent):
+        obj = read_json(path, fix)
+        if "shards" not in obj:
+            shards = -(-len(obj["image_ids"]) // int(obj["shard_size"]))
+            files = {k: shard_file(path.parent, k) for k in range(shards)}
+            obj["shards"] = {
+                str(k): ShardRecord(f.stat().st_size, _file_sha256(f)).to_json()
+                for k, f in files.items()
+                if f.is_file()
+            }
+            write_json(path, obj)
+            log.info("%s: recorded %d finished shards in the index", path, len(obj["shards"]))
+    return obj
 
 
 def _file_sha256(path: Path) -> str:
@@ -338,7 +364,7 @@ class ShardedStore:
         return self.meta.image_ids[shard * size : (shard + 1) * size]
 
     def shard_path(self, shard: int) -> Path:
-        return self.root / f"shard-{shard:05d}.h5"
+        return shard_file(self.root, shard)
 
     def pending_shards(self) -> list[int]:
         """The shards not finished: no record in the index, or no file of the recorded size."""

@@ -188,6 +188,23 @@ def test_a_shard_without_its_record_is_not_trusted(tmp_path: Path) -> None:
         ShardedStore.open(tmp_path / "s", "proposals", "p", require_complete=False).get("img0", "b")
 
 
+def test_a_store_from_before_the_index_keeps_its_finished_shards(tmp_path: Path) -> None:
+    # sppdet before the sha256 index wrote no "shards" key; its shard files appeared only by an
+    # atomic rename once complete. Opening such a store records them instead of redoing them.
+    store = _complete_store(tmp_path / "s")
+    index_path = tmp_path / "s" / "store.json"
+    expected = json.loads(index_path.read_text())["shards"]
+    legacy = json.loads(index_path.read_text())
+    del legacy["shards"]
+    index_path.write_text(json.dumps(legacy))
+    store.shard_path(2).unlink()  # an interrupted old run: the last shard never renamed
+    del expected["2"]
+    reopened = ShardedStore.open(tmp_path / "s", "proposals", "p", require_complete=False)
+    assert reopened.pending_shards() == [2]
+    assert json.loads(index_path.read_text())["shards"] == expected
+    np.testing.assert_array_equal(reopened.get("img0", "boxes"), np.full((3, 4), 4, np.float32))
+
+
 def test_a_damaged_index_is_one_line_and_rebuilt_only_when_forced(tmp_path: Path) -> None:
     _complete_store(tmp_path / "s")
     index_path = tmp_path / "s" / "store.json"
