@@ -7,8 +7,14 @@ recall at IoU 0.5 / 0.7 with all boxes, average recall (IoU 0.5:0.95) at N = 100
 second (pool start-up included), the throughput ratio of 2 workers over 1, and whether the
 stores of the two runs are byte-identical.
 
+Settings: the preset's ProposalConfig (``--preset``; released = R-CNN's, quick-cpu = the
+defaults) with ``--max-boxes`` and any ``--set`` overrides. ``--crowded N`` benchmarks a generated
+set of N small, crowded-object images (sppdet.detector.data.crowded, seed 0) instead of --data.
+
     python benchmarks/bench_proposals.py --data ../shared/data/raccoon-voc --split test \\
-        --methods ss-fast,edgeboxes,ss+eb --workers 1,2 --json bench_proposals.json
+        --methods ss-rcnn,ss-fast,edgeboxes,ss+eb --workers 1,2 --json bench_proposals.json
+    python benchmarks/bench_proposals.py --crowded 40 --split test --preset quick-cpu \\
+        --methods ss-rcnn --workers 1
 """
 
 from __future__ import annotations
@@ -69,7 +75,9 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--set {pair}: unknown ProposalConfig field {name!r}")
         default = getattr(ProposalConfig(), name)
         if isinstance(default, tuple):
-            out[name] = tuple(float(v) for v in text.split(","))
+            out[name] = tuple(type(default[0])(v) for v in text.split(","))
+        elif isinstance(default, bool):
+            out[name] = text.lower() in ("1", "true", "yes")
         else:
             out[name] = type(default)(text)
     return out
@@ -82,10 +90,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from sppdet.proposals.recall import measure_recall
     from sppdet.proposals.stage import run_proposals
 
-    dataset = load_dataset(args.data, args.split)
-    base = dataclasses.replace(preset("released").proposals, **_overrides(args.set or []))
+    base = dataclasses.replace(preset(args.preset).proposals, **_overrides(args.set or []))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-proposals-") as scratch:
+        if args.crowded:
+            from sppdet.detector.data.crowded import make_crowded_voc
+
+            args.data = make_crowded_voc(Path(scratch) / "crowded", args.crowded, seed=0)
+        dataset = load_dataset(args.data, args.split)
         for method in args.methods.split(","):
             cfg = dataclasses.replace(base, method=method, max_boxes=args.max_boxes)
             for workers in (int(w) for w in args.workers.split(",")):
@@ -97,6 +109,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "method": method,
+                        "settings": {
+                            k: v for k, v in dataclasses.asdict(cfg).items() if k != "method"
+                        },
                         "workers": workers,
                         "images": summary.images,
                         "recall_0.5": report.recall["0.5"],
@@ -141,7 +156,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/raccoon-voc", help="VOC root")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--methods", default="ss-fast,edgeboxes,ss+eb")
+    parser.add_argument("--methods", default="ss-rcnn,ss-fast,edgeboxes,ss+eb")
+    parser.add_argument("--preset", default="released", help="whose ProposalConfig to start from")
+    parser.add_argument(
+        "--crowded", type=int, default=0, metavar="N",
+        help="benchmark a generated crowded-object set of N images instead of --data",
+    )  # fmt: skip
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--max-boxes", type=int, default=2000)
     parser.add_argument(
@@ -159,8 +179,9 @@ def main() -> None:
         f"{after:.2f} after (2.00 = two idle cores)"
     )
     meta = {
-        "data": str(args.data),
+        "data": f"crowded set, {args.crowded} images, seed 0" if args.crowded else str(args.data),
         "split": args.split,
+        "preset": args.preset,
         "overrides": args.set or [],
         "opencv": cv2.__version__,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",

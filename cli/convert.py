@@ -4,13 +4,16 @@ backbone checkpoint that ``--weights`` takes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from sppdet.cli.app import app
 from sppdet.cli.options import int_list
-from sppdet.detector.backbones.caffe.convert import CAFFE_ARCHS, Conversion, NetFiles, convert_caffe
 from sppdet.detector.core.errors import SppdetError
+
+if TYPE_CHECKING:
+    from sppdet.detector.backbones.caffe.convert import Conversion
 
 
 @app.command("convert-caffe")
@@ -30,7 +33,7 @@ def convert_caffe_command(
         help="zf5 (SPP_net's Zeiler_conv5) or alexnet (R-CNN's CaffeNet; written as the "
         "caffe-alexnet backbone).",
     ),
-    out: Path = typer.Option(..., "--out", help="The backbone checkpoint to write."),
+    out: Path = typer.Option(..., "--output", help="The backbone checkpoint file to write."),
     mean: str = typer.Option(
         None,
         "--mean",
@@ -51,6 +54,8 @@ def convert_caffe_command(
             f"--prototxt/--caffemodel: {len(prototxt)} prototxts and {len(caffemodel)} "
             "caffemodels ; give them in pairs, each prototxt with its caffemodel"
         )
+    from sppdet.detector.backbones.caffe.convert import CAFFE_ARCHS, NetFiles, convert_caffe
+
     if arch not in CAFFE_ARCHS:
         raise SppdetError(f"--arch {arch}: choose {' or '.join(CAFFE_ARCHS)}")
     nets = [NetFiles(p, c) for p, c in zip(prototxt, caffemodel, strict=True)]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from sppdet.cache.locks import waiting_for_writers
-from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
 from sppdet.cli.options import (
     BackboneOption,
@@ -19,6 +19,7 @@ from sppdet.cli.options import (
     ExecutorOption,
     FeaturesOption,
     ForceOption,
+    ImagesOption,
     RayAddressOption,
     SplitOption,
     StagePresetOption,
@@ -27,19 +28,11 @@ from sppdet.cli.options import (
     WorkOption,
     int_list,
 )
-from sppdet.detector.core.parallel import Executor
-from sppdet.detector.data.datasets import load_dataset, parse_classes
-from sppdet.detector.features.rcnn_writer import RcnnStats
-from sppdet.detector.features.reader import CacheInfo, cache_info
-from sppdet.detector.features.stage import (
-    FeatureOptions,
-    cache_split_features,
-    fc6_pyramid_note,
-    feature_settings,
-)
-from sppdet.detector.features.writer import CacheStats
-from sppdet.detector.training.inputs import check_features
-from sppdet.detector.training.presets import record_config, stage_config
+
+if TYPE_CHECKING:
+    from sppdet.detector.features.rcnn_writer import RcnnStats
+    from sppdet.detector.features.reader import CacheInfo
+    from sppdet.detector.features.writer import CacheStats
 
 ScalesOption = typer.Option(
     None,
@@ -58,8 +51,12 @@ MaxSizeOption = typer.Option(
 DtypeOption = typer.Option(
     None, "--dtype", help="Storage type: float16 or float32.", show_default="float16"
 )
-FlipOption = typer.Option(
-    None, "--flip/--no-flip", help="Also cache the mirrored images.", show_default="no-flip"
+FlipOption = typer.Option(  # cache-features and run
+    None,
+    "--flip/--no-flip",
+    help="Also cache the mirrored images; fine-tuning then takes half its windows from them, "
+    "as the released code does.",
+    show_default="the preset's: flip in every preset",
 )
 PyramidOption = typer.Option(
     None,
@@ -100,6 +97,7 @@ def cache_features_command(
     executor: str = ExecutorOption,
     ray_address: str | None = RayAddressOption,
     wait: bool = WaitOption,
+    images: Path | None = ImagesOption,
 ) -> None:
     """Run the conv layers once per image and scale; store the conv5 maps (resumable).
 
@@ -107,6 +105,18 @@ def cache_features_command(
     the trunk's input size and store its pool5 features, R-CNN's way, for the comparison runs
     of `train-svm --features rcnn` and `detect --features rcnn` (needs `sppdet propose`).
     """
+    from sppdet.cache.workdir import WorkDir
+    from sppdet.detector.core.parallel import Executor
+    from sppdet.detector.data.datasets import load_dataset, parse_classes
+    from sppdet.detector.features.stage import (
+        FeatureOptions,
+        cache_split_features,
+        fc6_pyramid_note,
+        feature_settings,
+    )
+    from sppdet.detector.training.inputs import check_features
+    from sppdet.detector.training.presets import record_config, stage_config
+
     runner = Executor(executor, address=ray_address)
     options = FeatureOptions(
         kind=check_features(kind),
@@ -123,7 +133,7 @@ def cache_features_command(
     workdir = WorkDir.at(work)
     preset_settings = stage_config(workdir, preset_name)
     settings = feature_settings(preset_settings, options, runner)
-    dataset = load_dataset(data, split, parse_classes(classes))
+    dataset = load_dataset(data, split, parse_classes(classes), images, require_images=True)
     record_config(workdir, preset_settings)  # the folder's preset, when it has none yet
     console = Console(stderr=True)
     note = fc6_pyramid_note(settings)
@@ -135,6 +145,8 @@ def cache_features_command(
 
 
 def _cached_summary(made: CacheStats | RcnnStats, split: str) -> str:
+    from sppdet.detector.features.rcnn_writer import RcnnStats
+
     if isinstance(made, RcnnStats):
         return (
             f"cached R-CNN pool5 of {made.computed} images ({made.images - made.computed} "
@@ -155,6 +167,8 @@ def cache_info_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Describe a feature cache: images, scales, bytes per image and in total, fingerprint."""
+    from sppdet.detector.features.reader import cache_info
+
     info = cache_info(work, split)
     if as_json:
         print(json.dumps(info.to_dict(), indent=2, sort_keys=True))

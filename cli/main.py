@@ -8,13 +8,16 @@ import sys
 from sppdet.cli.app import app, run_app
 
 # Each module registers its commands on ``app`` when imported. A stage that is not built yet has
-# no module here, so its command is absent rather than faked.
+# no module here, so its command is absent rather than faked. The modules import their stages
+# (torch, OpenCV, h5py) inside the commands: loading them all is what --help and shell completion
+# cost, a fraction of a second (tests/cli/test_help.py checks the imports).
 COMMAND_MODULES: tuple[str, ...] = (
     "synth",
     "propose",
     "features",
     "train",
     "detect",
+    "export",
     "evaluate",
     "run",
     "pretrain",

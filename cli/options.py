@@ -6,8 +6,25 @@ from pathlib import Path
 
 import typer
 
-from sppdet.detector.backbones.registry import backbone_specs
 from sppdet.detector.core.errors import SppdetError
+
+# The backbones as --help lists them: (name, description, has torchvision ImageNet weights). The
+# registry that declares them (sppdet.detector.backbones.registry) imports torch, which --help
+# must not wait for; tests/cli/test_help.py checks this table against the registry.
+BACKBONES_FOR_HELP: tuple[tuple[str, str, bool], ...] = (
+    ("zf5", "ZF-5 conv1-conv5, the paper's", False),
+    ("alexnet", "AlexNet conv1-conv5", True),
+    ("vgg16", "VGG-16 conv1_1-conv5_3", True),
+    ("resnet50", "ResNet-50 conv1-layer3", True),
+    (
+        "caffe-alexnet",
+        "Caffe's AlexNet conv1-conv5, R-CNN's: grouped, with LRN; from convert-caffe",
+        False,
+    ),
+)
+# The --method values, as sppdet.proposals.methods.METHODS names them (it imports OpenCV);
+# checked against it by the same test.
+PROPOSAL_METHODS_FOR_HELP = ("ss-fast", "ss-quality", "edgeboxes", "ss+eb", "ss-rcnn")
 
 DataOption = typer.Option(
     ..., "--data", help="VOC root (folder with Annotations/, ImageSets/Main/) or a COCO .json file."
@@ -17,6 +34,14 @@ ClassesOption = typer.Option(
     None,
     "--classes",
     help="Comma-separated class names, or 'voc' for the 20 VOC classes (default: from the data).",
+)
+ImagesOption = typer.Option(  # the commands that read a COCO --data's pixels
+    None,
+    "--images",
+    help="With a COCO .json --data: the folder its images' file_names are relative to; "
+    "{split} in it becomes the split's name, e.g. coco/{split}. A missing image is reported "
+    "before any work starts.",
+    show_default="the .json's folder",
 )
 WorkOption = typer.Option(Path("work"), "--work", help="Work folder of this experiment.")
 PresetOption = typer.Option(
@@ -65,7 +90,7 @@ BackboneOption = typer.Option(
     None,
     "--backbone",
     help="Conv trunk: "
-    + _or_list([f"{spec.name} ({spec.description})" for spec in backbone_specs()])
+    + _or_list([f"{name} ({description})" for name, description, _ in BACKBONES_FOR_HELP])
     + ".",
     show_default="zf5",
 )
@@ -73,7 +98,7 @@ WeightsOption = typer.Option(
     None,
     "--weights",
     help="random, imagenet (torchvision's weights API; "
-    + "/".join(spec.name for spec in backbone_specs() if spec.torchvision is not None)
+    + "/".join(name for name, _, imagenet in BACKBONES_FOR_HELP if imagenet)
     + ", needs the file cached or a network) or PATH to a backbone checkpoint or torchvision "
     "state dict.",
     show_default="random",
@@ -97,6 +122,21 @@ FeaturesOption = typer.Option(
     help="Window features: spp (pooled from the conv5 cache) or rcnn (each window warped and "
     "run through the trunk, R-CNN's way; built by `cache-features --features rcnn`).",
 )
+FcRankOption = typer.Option(
+    None,
+    "--fc-rank",
+    help="R6,R7: fc6 and fc7 replaced by their truncated SVDs of these ranks (fewer "
+    "multiply-adds per window; computed once and kept in WORK/models).",
+    show_default="full rank",
+)
+
+
+def fc_rank(text: str | None) -> tuple[int, int] | None:
+    """--fc-rank R6,R7 as two positive ranks (None when not given)."""
+    ranks = int_list(text, "--fc-rank")
+    if ranks is not None and len(ranks) != 2:
+        raise SppdetError(f"--fc-rank {text!r}: give two ranks, fc6's and fc7's, e.g. 512,256")
+    return None if ranks is None else (ranks[0], ranks[1])
 
 
 def int_list(text: str | None, option: str) -> tuple[int, ...] | None:

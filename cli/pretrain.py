@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -13,11 +14,10 @@ from sppdet.cache.atomic import write_json
 from sppdet.cli.app import app
 from sppdet.cli.options import BackboneOption, ClassesOption, DeviceOption, PresetOption, int_list
 from sppdet.detector.core.config import override, preset
-from sppdet.detector.data.datasets import parse_classes
-from sppdet.detector.pretrain.classify import ClassifyEvaluation, classify_eval
-from sppdet.detector.pretrain.initial import checkpoint_arch
-from sppdet.detector.pretrain.train import PretrainResult, default_checkpoint, pretrain
-from sppdet.detector.pretrain.views import VIEWS
+
+if TYPE_CHECKING:  # pretraining imports torch: only the commands that run it import it
+    from sppdet.detector.pretrain.classify import ClassifyEvaluation
+    from sppdet.detector.pretrain.train import PretrainResult
 
 SourceOption = typer.Option(
     ...,
@@ -55,13 +55,12 @@ StartWeightsOption = typer.Option(
 )
 OutOption = typer.Option(
     None,
-    "--out",
-    help="Checkpoint to write (the resume state goes beside it as NAME.resume.pt).",
+    "--output",
+    help="Checkpoint file to write (the resume state goes beside it as NAME.resume.pt).",
     show_default="pretrain-<backbone>.pt",
 )
-WorkersOption = typer.Option(
-    None, "--workers", help="Image-loading threads (no effect on the result).", show_default="2"
-)
+LOADER_THREADS_HELP = "Image-loading threads (no effect on the result)."
+WorkersOption = typer.Option(None, "--loader-threads", help=LOADER_THREADS_HELP, show_default="2")
 SizeOption = typer.Option(
     None, "--size", help="Centre-crop and view side.", show_default="largest training size"
 )
@@ -97,11 +96,15 @@ def pretrain_command(
     workers: int = WorkersOption,
     device: str = DeviceOption,
     resume: bool = typer.Option(
-        True, "--resume/--no-resume", help="Continue from the resume state beside --out."
+        True, "--resume/--no-resume", help="Continue from the resume state beside --output."
     ),
     preset_name: str = PresetOption,
 ) -> None:
     """Train a conv trunk with an SPP layer as a classifier (multi-size training, paper §2.3)."""
+    from sppdet.detector.data.datasets import parse_classes
+    from sppdet.detector.pretrain.initial import checkpoint_arch
+    from sppdet.detector.pretrain.train import default_checkpoint, pretrain
+
     cfg = override(
         preset(preset_name).pretrain,
         backbone=backbone or checkpoint_arch(weights),
@@ -126,7 +129,7 @@ def pretrain_command(
 
 @app.command("classify-eval")
 def classify_eval_command(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `sppdet pretrain`."),
+    ckpt: Path = typer.Option(..., "--weights", help="Checkpoint written by `sppdet pretrain`."),
     data: Path = SourceOption,
     split: str = typer.Option("test", "--split", help=SPLIT_HELP),
     size: int = SizeOption,
@@ -135,12 +138,14 @@ def classify_eval_command(
     views: int = typer.Option(10, "--views", help="10 (corners, centre, flips) or 18 (+ sides)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the background crops."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    workers: int = typer.Option(2, "--workers"),
+    workers: int = typer.Option(2, "--loader-threads", help=LOADER_THREADS_HELP),
     device: str = DeviceOption,
     report: Path = typer.Option(None, "--report", help="Also write the report as JSON here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Top-1 / top-5 of a pretrain checkpoint: centre crop, full image, multi-view on conv5."""
+    from sppdet.detector.pretrain.classify import classify_eval
+
     result = classify_eval(
         ckpt,
         data,
@@ -172,6 +177,8 @@ def _print_pretrained(result: PretrainResult, console: Console) -> None:
 
 
 def _print_evaluation(result: ClassifyEvaluation, console: Console) -> None:
+    from sppdet.detector.pretrain.views import VIEWS
+
     v = result.views
     labels = {
         "center": f"centre crop {v.size}",

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sppdet.cache.locks import waiting_for_writers
-from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
 from sppdet.cli.options import (
+    PROPOSAL_METHODS_FOR_HELP,
     DataOption,
     ExecutorOption,
     ForceOption,
+    ImagesOption,
     RayAddressOption,
     SplitOption,
     StagePresetOption,
@@ -23,17 +25,9 @@ from sppdet.cli.options import (
 )
 from sppdet.detector.core.config import ProposalConfig, override
 from sppdet.detector.core.errors import SppdetError
-from sppdet.detector.core.parallel import Executor
-from sppdet.detector.data.datasets import load_dataset
-from sppdet.detector.training.presets import record_config, stage_config
-from sppdet.proposals.methods import METHODS, proposal_method
-from sppdet.proposals.recall import AR_LIMITS, measure_recall
-from sppdet.proposals.stage import (
-    ProposeSummary,
-    import_proposals,
-    raise_for_bad,
-    run_proposals,
-)
+
+if TYPE_CHECKING:
+    from sppdet.proposals.stage import ProposeSummary
 
 
 def _print_summary(summary: ProposeSummary, console: Console) -> None:
@@ -61,14 +55,16 @@ def propose_command(
     method: str = typer.Option(
         None,
         "--method",
-        help=f"Proposal method: {', '.join(METHODS)} (ss = Selective Search, eb = EdgeBoxes).",
+        help=f"Proposal method: {', '.join(PROPOSAL_METHODS_FOR_HELP)} (ss = Selective Search, "
+        "eb = EdgeBoxes).",
         show_default=ProposalConfig.method,
     ),
     max_boxes: int = typer.Option(
         None,
         "--max-boxes",
         min=1,
-        help="Keep at most this many boxes per image, best first. With --import: all unless given.",
+        help="Keep at most this many boxes per image and method, best first (ss+eb: up to twice "
+        "this). With --import: all unless given.",
         show_default="2000 (500 with --preset quick-cpu)",
     ),
     workers: int = typer.Option(
@@ -97,13 +93,21 @@ def propose_command(
         "'boxes' (rows y1 x1 y2 x2, 1-based), MATLAB v5/v7 or v7.3.",
     ),
     wait: bool = WaitOption,
+    images: Path | None = ImagesOption,
 ) -> None:
     """Compute region proposals per image into WORK/proposals/<split>/ (resumable)."""
+    from sppdet.cache.workdir import WorkDir
+    from sppdet.detector.core.parallel import Executor
+    from sppdet.detector.data.datasets import load_dataset
+    from sppdet.detector.training.presets import record_config, stage_config
+    from sppdet.proposals.methods import proposal_method
+    from sppdet.proposals.stage import import_proposals, raise_for_bad, run_proposals
+
     workdir = WorkDir.at(work)
     settings = stage_config(workdir, preset_name)
     cfg = settings.proposals
     runner = Executor(executor, workers, ray_address)
-    dataset = load_dataset(data, split)
+    dataset = load_dataset(data, split, image_dir=images, require_images=True)
     record_config(workdir, settings)  # the first stage: later ones run with this preset
     console = Console()
     if import_file is not None:
@@ -134,10 +138,14 @@ def propose_recall_command(
     split: str = SplitOption,
     work: Path = WorkOption,
     json_out: Path | None = typer.Option(
-        None, "--json", help="Also write the figures to this JSON file."
+        None, "--report", help="Also write the figures to this JSON file."
     ),
 ) -> None:
     """Recall of the stored proposals: IoU 0.5/0.7, average recall at N, boxes and s/image."""
+    from sppdet.cache.workdir import WorkDir
+    from sppdet.detector.data.datasets import load_dataset
+    from sppdet.proposals.recall import AR_LIMITS, measure_recall
+
     dataset = load_dataset(data, split)
     workdir = WorkDir.at(work)
     report = measure_recall(dataset, workdir, json_out)
@@ -165,4 +173,5 @@ def propose_recall_command(
         line += f"; {report.bad_images} unreadable image(s) count as missed"
     console.print(line, markup=False, highlight=False)
     destinations = [workdir.report("recall.json")] + ([json_out] if json_out else [])
-    console.print(f"wrote {', '.join(str(p) for p in destinations)}", markup=False, highlight=False)
+    wrote = f"wrote {', '.join(str(p) for p in destinations)}"
+    Console(stderr=True).print(wrote, markup=False, highlight=False)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
 from sppdet.cli.app import app
-from sppdet.detector.evaluation.synthetic import make_synthetic_demo
 
 
 @app.command("synth")
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to create (the VOC root)."),
-    images: int = typer.Option(100, "--images", min=2, help="Number of images (half go to test)."),
+    images: int = typer.Option(
+        100, "--num-images", min=2, help="Number of images (half go to test)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed: equal seeds give equal datasets."),
     with_detections: bool = typer.Option(
         False,
@@ -25,6 +27,8 @@ def synth(
 ) -> None:
     """Generate a synthetic PASCAL VOC tree: coloured shapes (circle, square, triangle) on
     textured backgrounds, with occlusion and difficult objects."""
+    from sppdet.detector.evaluation.synthetic import make_synthetic_demo
+
     demo = make_synthetic_demo(out, num_images=images, seed=seed, with_detections=with_detections)
     sizes = ", ".join(f"{name} {n}" for name, n in demo.split_sizes.items())
     print(f"wrote {demo.root}: {sizes} images; {demo.objects} objects ({demo.difficult} difficult)")
@@ -32,5 +36,6 @@ def synth(
         print(f"wrote stand-in detections (evaluator exercise) to {demo.results_dir}")
         print(
             f"next: sppdet evaluate --voc2007 --data {demo.root} --split test "
-            f"--detections {demo.results_dir}"
+            f"--detections {demo.results_dir}",
+            file=sys.stderr,
         )

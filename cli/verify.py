@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from sppdet.cache.atomic import read_torch
-from sppdet.cache.shards import META_NAME, ShardedStore
-from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import app
 from sppdet.cli.options import WorkOption
 from sppdet.detector.core.errors import SppdetError
-from sppdet.detector.features.rcnn_writer import MADE_BY as RCNN_MADE_BY
-from sppdet.detector.features.writer import MADE_BY as FEATURES_MADE_BY
-from sppdet.detector.training.inputs import MADE_BY as MODEL_MADE_BY
-from sppdet.proposals.store import MADE_BY as PROPOSALS_MADE_BY
+
+if TYPE_CHECKING:
+    from sppdet.cache.workdir import WorkDir
 
 DETECT_MADE_BY = "sppdet detect"
 
@@ -32,6 +30,11 @@ class Finding:
 
 def _stores(work: WorkDir) -> list[tuple[Path, str]]:
     """(store folder, the command that remakes it) for every store in WORK."""
+    from sppdet.cache.shards import META_NAME
+    from sppdet.detector.features.rcnn_writer import MADE_BY as RCNN_MADE_BY
+    from sppdet.detector.features.writer import MADE_BY as FEATURES_MADE_BY
+    from sppdet.proposals.store import MADE_BY as PROPOSALS_MADE_BY
+
     found = []
     for folder, made_by in (
         (work.proposals("x").parent, PROPOSALS_MADE_BY),
@@ -47,6 +50,8 @@ def _stores(work: WorkDir) -> list[tuple[Path, str]]:
 
 
 def _check_store(root: Path, rerun: str) -> Finding:
+    from sppdet.cache.shards import ShardedStore
+
     try:
         check = ShardedStore.check(root)
     except SppdetError as exc:
@@ -62,6 +67,8 @@ def _check_store(root: Path, rerun: str) -> Finding:
 
 
 def _check_model(path: Path) -> Finding:
+    from sppdet.detector.training.inputs import MADE_BY as MODEL_MADE_BY
+
     made_by = MODEL_MADE_BY.get(path.stem)
     rerun = f"`{made_by}`" if made_by else f"the command that saved {path.name}"
     try:
@@ -93,6 +100,8 @@ def verify_work(work: WorkDir) -> list[Finding]:
 @app.command("verify")
 def verify_command(work: Path = WorkOption) -> None:
     """Check every store (shard sizes and sha256) and model of WORK; say what to rerun."""
+    from sppdet.cache.workdir import WorkDir
+
     workdir = WorkDir.at(work)
     findings = verify_work(workdir)
     console = Console(highlight=False, soft_wrap=True)  # one line per finding

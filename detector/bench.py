@@ -25,6 +25,14 @@ fc6-fc7):
     conv      rcnn_conv / (spp_conv + spp_pool)
     conv+fc   (rcnn_conv + rcnn_fc) / (spp_conv + spp_pool + spp_fc)
 
+Next to each speed-up stands its work ratio, the same quotient of multiply-adds (``part_macs``:
+the convolutions' and fc layers' as torch's ``FlopCounterMode`` counts them, the SVMs' as
+windows x features x classes; pooling, warping and NMS count none): if both paths ran every
+multiply-add at the same rate, the speed-up would be the work ratio, so their quotient says how
+much faster or slower per multiply-add the SPP side runs. With ``fc_rank`` (r6, r7) fc6 and fc7
+are replaced by their truncated SVDs (``FcHead.compressed``) on both paths alike. ``detect``
+sums what detection without proposals costs per image: SPP conv, pooling, fc6-fc7, SVMs, NMS.
+
 With ``--precision bf16|fp16`` the trunk and fc layers run under autocast, and the report says
 how far the SVM scores move against float32 on the same windows, and whether the detections
 (after NMS) stay the same.
@@ -32,15 +40,18 @@ how far the SVM scores move against float32 on the same windows, and whether the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sppdet.detector.backbones.trunk import to_device, trunk_spec
 from sppdet.detector.backbones.weights import Backbone, load_backbone
@@ -51,10 +62,11 @@ from sppdet.detector.core.progress import progress_bar
 from sppdet.detector.data.images import read_image
 from sppdet.detector.data.records import Dataset, ImageRecord
 from sppdet.detector.detection.postprocess import Candidates, select
-from sppdet.detector.features.conv5 import resize_to_scales
+from sppdet.detector.features.conv5 import resize_to_scales, resized_size
 from sppdet.detector.features.rcnn_warp import RcnnFeaturizer
 from sppdet.detector.features.reader import ImageInfo
 from sppdet.detector.heads.fc import FcHead
+from sppdet.detector.heads.lowrank import COMPRESSIBLE, linear_macs
 from sppdet.detector.spp.bins import check_pyramid, pyramid_dim
 from sppdet.detector.spp.geometry import edge_shift, layer_geometry
 from sppdet.detector.spp.pooler import WindowPooler
@@ -74,6 +86,16 @@ PARTS = (
 )
 HEAD_SEED = 0
 CHECK_RCNN_WINDOWS = 128  # windows of the R-CNN path re-run in float32 for the precision check
+# The parts of each speed-up's SPP side, and of detection without proposals, per setting.
+SPP_SIDE = {
+    "conv": ("spp_conv_{tag}", "spp_pool_{tag}"),
+    "conv_fc": ("spp_conv_{tag}", "spp_pool_{tag}", "spp_fc"),
+    "detect": ("spp_conv_{tag}", "spp_pool_{tag}", "spp_fc", "svm", "nms"),
+}
+RCNN_SIDE = {"conv": ("rcnn_conv",), "conv_fc": ("rcnn_conv", "rcnn_fc")}
+TAGS = ("1", "5")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,18 +121,20 @@ class ImageBench:
     proposals: int  # given by the proposal method; the rest of the windows are random boxes
     seconds: dict[str, float]  # per part of PARTS
     check: PrecisionCheck | None  # with --precision bf16 or fp16 only
+    macs: dict[str, int] = field(default_factory=dict)  # per part of PARTS (``part_macs``)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"windows": self.windows, "proposals": self.proposals}
         if self.check is not None:
             out["check"] = self.check.to_json()
-        return {**out, "image_id": self.image_id, "seconds": self.seconds}
+        return {**out, "image_id": self.image_id, "seconds": self.seconds, "macs": self.macs}
 
 
 @dataclass(frozen=True)
 class BenchReport:
-    """``sppdet bench``'s report: the setting, every image, mean seconds per image and part, the
-    paper's speed-ups and (mixed precision) the worst and mean precision check."""
+    """``sppdet bench``'s report: the setting, every image, mean seconds and multiply-adds per
+    image and part, the paper's speed-ups with their work ratios, detection's seconds per image
+    and (mixed precision) the worst and mean precision check."""
 
     backbone: str
     weights: str
@@ -127,6 +151,20 @@ class BenchReport:
     per_image: dict[str, float]
     speedup: dict[str, float]
     check: PrecisionCheck | None
+    fc_rank: tuple[int, ...] | None = None  # fc6/fc7 truncated to these ranks (None: full)
+    macs: dict[str, float] = field(default_factory=dict)  # mean per image, per part
+    work_ratio: dict[str, float] = field(default_factory=dict)  # per speed-up, of the MACs
+    bound: dict[str, float] = field(default_factory=dict)  # per speed-up (``bounds``)
+    detect: dict[str, float] = field(default_factory=dict)  # s/image without proposals, per tag
+
+    @property
+    def gflops(self) -> dict[str, float]:
+        """Achieved GFLOP/s (2 per multiply-add) of each part that has multiply-adds."""
+        return {
+            part: 2e-9 * macs / self.per_image[part]
+            for part, macs in self.macs.items()
+            if macs > 0 and self.per_image[part] > 0
+        }
 
     def to_json(self) -> dict[str, Any]:
         """The JSON report (bench.json): the fields, the images and checks as plain dicts."""
@@ -146,6 +184,12 @@ class BenchReport:
             "per_image": self.per_image,
             "speedup": self.speedup,
             "check": None if self.check is None else self.check.to_json(),
+            "fc_rank": None if self.fc_rank is None else list(self.fc_rank),
+            "macs": self.macs,
+            "gflops": self.gflops,
+            "work_ratio": self.work_ratio,
+            "bound": self.bound,
+            "detect": self.detect,
         }
 
 
@@ -163,13 +207,21 @@ class Bench:
     # detector serving many images would, so the timing excludes first-touch page faults.
     poolers: dict[str, WindowPooler] = field(default_factory=dict)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    trunk_macs: dict[tuple[int, int], int] = field(default_factory=dict)  # per input (h, w)
 
     @property
     def pyramid(self) -> tuple[int, ...]:
         return check_pyramid(self.cfg.spp.pyramid)
 
 
-def make_bench(features: FeatureConfig, cfg: PipelineConfig, precision: str) -> Bench:
+def make_bench(
+    features: FeatureConfig,
+    cfg: PipelineConfig,
+    precision: str,
+    fc_rank: Sequence[int] | None = None,
+) -> Bench:
+    """The trunk on the device, the head (the backbone's fc6/fc7 or a random one; compressed to
+    FC_RANK when given) and random unit-norm SVMs."""
     device = resolve_device(features.device)
     backbone = load_backbone(features.backbone, features.weights)
     backbone.trunk = to_device(backbone.trunk, device)
@@ -182,14 +234,60 @@ def make_bench(features: FeatureConfig, cfg: PipelineConfig, precision: str) -> 
         head.load_state_dict(state, strict=False)
         weights = torch.randn(cfg.bench.svm_classes, hidden)
     weights /= weights.norm(dim=1, keepdim=True)
+    if fc_rank:
+        start = time.perf_counter()
+        head = head.compressed(fc_rank)
+        log.info(
+            "bench: fc6/fc7 truncated to ranks %s in %.1f s", fc_rank, time.perf_counter() - start
+        )
     return Bench(backbone, head.to(device).eval(), weights.to(device), cfg, device, precision)
 
 
-class Timer:
-    """Seconds per named part, with the device synchronised around each."""
+def trunk_macs(bench: Bench, height: int, width: int) -> int:
+    """Multiply-adds of one pass of the bench's trunk over a HEIGHT x WIDTH image, as torch's
+    ``FlopCounterMode`` counts them (convolutions and matrix products; a FLOP is half a
+    multiply-add), on a copy of the trunk on the meta device: shapes only, no arithmetic."""
+    key = (int(height), int(width))
+    if key not in bench.trunk_macs:
+        meta = copy.deepcopy(bench.backbone.trunk).to("meta")
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            meta(torch.empty(1, 3, *key, device="meta"))
+        bench.trunk_macs[key] = int(counter.get_total_flops()) // 2
+    return bench.trunk_macs[key]
 
-    def __init__(self, device: torch.device) -> None:
+
+def head_macs(head: FcHead) -> int:
+    """Multiply-adds of fc6 and fc7 for one window."""
+    return sum(linear_macs(getattr(head, name)) for name in COMPRESSIBLE)
+
+
+def part_macs(bench: Bench, height: int, width: int, windows: int, warp: int) -> dict[str, int]:
+    """Multiply-adds per part (of PARTS) for WINDOWS windows of a HEIGHT x WIDTH image: R-CNN
+    runs the trunk on each WARP x WARP crop, SPP once per scale on the resized image; both run
+    fc6-fc7 per window, and the SVMs cost features x classes per window. Proposals, warping,
+    pooling and NMS have no multiply-adds."""
+    cfg = bench.cfg
+    out = dict.fromkeys(PARTS, 0)
+    out["rcnn_conv"] = windows * trunk_macs(bench, warp, warp)
+    for tag in TAGS:
+        scales = cfg.bench.one_scale if tag == "1" else cfg.bench.five_scales
+        sizes = [resized_size(height, width, s, cfg.features.max_size) for s in scales]
+        out[f"spp_conv_{tag}"] = sum(trunk_macs(bench, h, w) for h, w in sizes)
+    out["rcnn_fc"] = out["spp_fc"] = windows * head_macs(bench.head)
+    out["svm"] = windows * int(bench.svm_weights.numel())
+    return out
+
+
+class Timer:
+    """Seconds per named part, with the device synchronised around each, by CLOCK: wall time,
+    or ``time.process_time`` (the CPU seconds of every thread of this process: on a machine
+    shared with other jobs, what a part costs rather than how long it waited)."""
+
+    def __init__(
+        self, device: torch.device, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.device = device
+        self.clock = clock
         self.seconds: dict[str, float] = {}
 
     def _sync(self) -> None:
@@ -199,10 +297,10 @@ class Timer:
     @contextmanager
     def __call__(self, part: str) -> Iterator[None]:
         self._sync()
-        start = time.perf_counter()
+        start = self.clock()
         yield
         self._sync()
-        self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
+        self.seconds[part] = self.seconds.get(part, 0.0) + self.clock() - start
 
 
 def bench_windows(
@@ -324,7 +422,8 @@ def bench_image(
     check = None
     if bench.precision != "fp32":
         check = precision_check(bench, rgb, boxes, scores, found, rcnn_pool5)
-    return ImageBench(image_id, len(boxes), int(len(proposals)), seconds, check)
+    macs = part_macs(bench, height, width, len(boxes), featurizer.size)
+    return ImageBench(image_id, len(boxes), int(len(proposals)), seconds, check, macs)
 
 
 def precision_check(
@@ -361,15 +460,18 @@ def run_bench(
     cfg: PipelineConfig,
     precision: str = "fp32",
     progress: bool = True,
+    fc_rank: Sequence[int] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> BenchReport:
     """Time both paths on the first ``cfg.bench.images`` images of DATASET; the report's
-    ``per_image`` holds mean seconds per image, ``speedup`` the ratios."""
+    ``per_image`` holds mean seconds per image, ``speedup`` the ratios. FC_RANK (r6, r7)
+    truncates fc6 and fc7 of the head both paths share; CLOCK times the parts (``Timer``)."""
     records = _bench_records(dataset, cfg)
-    bench = make_bench(features, cfg, precision)
+    bench = make_bench(features, cfg, precision, fc_rank)
     rcnn_cfg: RcnnConfig = dataclasses.replace(cfg.rcnn, precision=precision)
     featurizer = RcnnFeaturizer(bench.backbone, bench.pyramid, rcnn_cfg, bench.device)
     _warm_up(bench, featurizer, read_image(records[0].path))
-    timer = Timer(bench.device)
+    timer = Timer(bench.device, clock)
     images: list[ImageBench] = []
     with progress_bar(len(records), "bench", "img") if progress else nullcontext() as bar:
         for k, record in enumerate(records):
@@ -378,6 +480,7 @@ def run_bench(
             if bar is not None:
                 bar.advance()
     per_image = {p: timer.seconds[p] / len(records) for p in PARTS}
+    macs = {p: float(np.mean([image.macs[p] for image in images])) for p in PARTS}
     return BenchReport(
         backbone=features.backbone,
         weights=bench.backbone.weights_id,
@@ -394,6 +497,11 @@ def run_bench(
         per_image=per_image,
         speedup=speedups(per_image),
         check=_mean_check([im.check for im in images if im.check is not None]),
+        fc_rank=tuple(int(r) for r in fc_rank) if fc_rank else None,
+        macs=macs,
+        work_ratio=speedups(macs),
+        bound=bounds(per_image, macs),
+        detect={tag: side_total(per_image, "detect", tag) for tag in TAGS},
     )
 
 
@@ -410,15 +518,45 @@ def _bench_records(dataset: Dataset, cfg: PipelineConfig) -> list[ImageRecord]:
     return list(records)
 
 
+def side_total(per_image: dict[str, float], side: str, tag: str) -> float:
+    """Seconds (or multiply-adds) of SIDE's SPP parts (``SPP_SIDE``) at setting TAG."""
+    return sum(per_image[part.format(tag=tag)] for part in SPP_SIDE[side])
+
+
 def speedups(per_image: dict[str, float]) -> dict[str, float]:
-    """The paper's ratios from mean seconds per image."""
-    rcnn_conv, rcnn_total = per_image["rcnn_conv"], per_image["rcnn_conv"] + per_image["rcnn_fc"]
+    """The paper's ratios from mean seconds per image (or, as work ratios, multiply-adds)."""
     ratios = {}
-    for tag in ("1", "5"):
-        conv = per_image[f"spp_conv_{tag}"] + per_image[f"spp_pool_{tag}"]
-        ratios[f"conv_{tag}_scale"] = rcnn_conv / conv
-        ratios[f"conv_fc_{tag}_scale"] = rcnn_total / (conv + per_image["spp_fc"])
+    for tag in TAGS:
+        for side, rcnn_parts in RCNN_SIDE.items():
+            rcnn = sum(per_image[part] for part in rcnn_parts)
+            ratios[f"{side}_{tag}_scale"] = rcnn / side_total(per_image, side, tag)
     return ratios
+
+
+def bounds(per_image: dict[str, float], macs: dict[str, float]) -> dict[str, float]:
+    """Per speed-up, the ratio the multiply-adds and the measured rates set: R-CNN's seconds if
+    it ran its convolutions at the rate SPP's ran at that setting (multiply-adds per second of
+    ``spp_conv``) and its fc6-fc7 at SPP's fc rate, over SPP's measured seconds (pooling
+    included). A speed-up above its bound means R-CNN's path ran slower per multiply-add than
+    SPP's; below, SPP's ran slower (its pooling, or smaller maps)."""
+    fc_rate = macs["spp_fc"] / per_image["spp_fc"]
+    out = {}
+    for tag in TAGS:
+        conv_rate = macs[f"spp_conv_{tag}"] / per_image[f"spp_conv_{tag}"]
+        rcnn_conv = macs["rcnn_conv"] / conv_rate
+        out[f"conv_{tag}_scale"] = rcnn_conv / side_total(per_image, "conv", tag)
+        rcnn = rcnn_conv + macs["rcnn_fc"] / fc_rate
+        out[f"conv_fc_{tag}_scale"] = rcnn / side_total(per_image, "conv_fc", tag)
+    return out
+
+
+def spp_shares(per_image: dict[str, float], side: str, tag: str) -> dict[str, float]:
+    """Each part's share of the SPP side's seconds of a speed-up (or of detection): the largest
+    is what bounds the speed-up."""
+    total = side_total(per_image, side, tag)
+    return {
+        part.format(tag=tag): per_image[part.format(tag=tag)] / total for part in SPP_SIDE[side]
+    }
 
 
 def _mean_check(checks: list[PrecisionCheck]) -> PrecisionCheck | None:

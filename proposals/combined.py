@@ -1,7 +1,11 @@
-"""``ss+eb``: Selective Search and EdgeBoxes boxes in one ranked list.
+"""``ss+eb``: R-CNN's fast Selective Search boxes, then EdgeBoxes boxes, as one list.
 
-The two ranked lists are merged by taking one box of each in turn (Selective Search first), so a
-top-N cut keeps about N/2 of each; a box both methods found counts once, at its earlier place.
+The released SPP_net code (``roidb_from_voc.m``, ``load_proposals``) appends the EdgeBoxes list to
+the Selective Search list of each image. Here each list is the output of its own method, cut to
+``max_boxes`` there, so the concatenation holds up to 2 x ``max_boxes`` boxes: all Selective
+Search boxes first (in their ranked order), then the EdgeBoxes boxes (best first). A box both
+methods found is kept once, at its Selective Search place (the released code keeps both copies;
+a duplicate only repeats a window's features).
 """
 
 from __future__ import annotations
@@ -12,15 +16,20 @@ import numpy as np
 
 from sppdet.detector.core.config import ProposalConfig
 from sppdet.proposals.edgeboxes import edge_boxes
-from sppdet.proposals.ranking import finalize, interleave_keys
-from sppdet.proposals.selective_search import selective_search
+from sppdet.proposals.ranking import finalize
+from sppdet.proposals.selective_search_rcnn import selective_search_rcnn
+
+
+def concatenate_unique(lists: list[np.ndarray], width: int, height: int) -> np.ndarray:
+    """LISTS (int [n, 4] each, already filtered) end to end, each box's first copy kept."""
+    boxes = np.concatenate(lists) if lists else np.zeros((0, 4))
+    return finalize(boxes, np.arange(len(boxes)), width, height, 1, len(boxes))
 
 
 def selective_search_and_edge_boxes(
     rgb: np.ndarray, cfg: ProposalConfig, edge_model: str | Path | None = None
 ) -> np.ndarray:
-    """Fast Selective Search and EdgeBoxes boxes of RGB, interleaved: int32 [N, 4], best first."""
-    lists = [selective_search(rgb, cfg), edge_boxes(rgb, cfg, edge_model)]
-    height, width = rgb.shape[:2]
-    keys = interleave_keys([len(b) for b in lists])
-    return finalize(np.concatenate(lists), keys, width, height, cfg.min_side, cfg.max_boxes)
+    """ss-rcnn's boxes then EdgeBoxes' boxes of RGB, de-duplicated: int32 [N, 4] with N up to
+    2 x max_boxes."""
+    lists = [selective_search_rcnn(rgb, cfg), edge_boxes(rgb, cfg, edge_model)]
+    return concatenate_unique(lists, rgb.shape[1], rgb.shape[0])

@@ -24,8 +24,13 @@ from sppdet.proposals.combined import selective_search_and_edge_boxes
 from sppdet.proposals.edgeboxes import EDGE_BOXES_SETTINGS, edge_boxes
 from sppdet.proposals.edges import BUILTIN_EDGE_SETTINGS
 from sppdet.proposals.selective_search import SELECTIVE_SEARCH_SETTINGS, selective_search
+from sppdet.proposals.selective_search_rcnn import (
+    RCNN_SELECTIVE_SEARCH_SETTINGS,
+    selective_search_rcnn,
+)
 
-# Bumped when the output of a method changes for the same settings (ranking key, filters).
+# The version of the methods whose output has not changed since versions were first recorded;
+# a method's own entry bumps it when its output changes for the same settings.
 ALGORITHM_VERSION = 1
 # Every method ends in ranking.finalize, which reads these.
 COMMON_SETTINGS = ("max_boxes", "min_side")
@@ -44,6 +49,9 @@ class ProposalMethod:
     # Reads edge maps: from --edge-model's forest when given, else from the built-in detector
     # (whose BUILTIN_EDGE_SETTINGS then decide the boxes too).
     uses_edges: bool = False
+    # Recorded in the store's params: bumped when the boxes change for the same settings
+    # (ranking key, filters, how lists are merged), so that older stores are recomputed.
+    algorithm_version: int = ALGORITHM_VERSION
 
 
 def _selective_search_fast(
@@ -58,6 +66,12 @@ def _selective_search_quality(
     return selective_search(rgb, cfg, quality=True)
 
 
+def _selective_search_rcnn(
+    rgb: np.ndarray, cfg: ProposalConfig, edge_model: str | Path | None = None
+) -> np.ndarray:
+    return selective_search_rcnn(rgb, cfg)
+
+
 METHODS: dict[str, ProposalMethod] = {
     method.name: method
     for method in (
@@ -67,9 +81,11 @@ METHODS: dict[str, ProposalMethod] = {
         ProposalMethod(
             "ss+eb",
             selective_search_and_edge_boxes,
-            SELECTIVE_SEARCH_SETTINGS + EDGE_BOXES_SETTINGS,
+            RCNN_SELECTIVE_SEARCH_SETTINGS + EDGE_BOXES_SETTINGS,
             uses_edges=True,
+            algorithm_version=2,  # 2: ss-rcnn's list then EdgeBoxes' (1: ss-fast's, interleaved)
         ),
+        ProposalMethod("ss-rcnn", _selective_search_rcnn, RCNN_SELECTIVE_SEARCH_SETTINGS),
     )
 }
 
@@ -106,7 +122,7 @@ def method_params(cfg: ProposalConfig, edge_model: str | Path | None = None) -> 
             "built-in" if edge_model is None else f"structured:{file_hash(edge_model)}"
         )
     params["opencv"] = cv2.__version__
-    params["algorithm_version"] = ALGORITHM_VERSION
+    params["algorithm_version"] = method.algorithm_version
     return params
 
 

@@ -46,12 +46,6 @@ def hierarchy_rank_keys(groups: Sequence[np.ndarray], seed: int) -> np.ndarray:
     return np.concatenate(keys) if keys else np.zeros((0,))
 
 
-def interleave_keys(lengths: Sequence[int]) -> np.ndarray:
-    """Keys that merge ranked lists by taking one box of each list in turn (first list first)."""
-    parts = [np.arange(n) * len(lengths) + i for i, n in enumerate(lengths)]
-    return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0,))
-
-
 def finalize(
     boxes: np.ndarray,
     keys: np.ndarray,

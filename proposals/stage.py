@@ -15,7 +15,7 @@ the shard files stay reproducible.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -41,6 +41,8 @@ from sppdet.proposals.structured_edges import check_edge_model
 
 if TYPE_CHECKING:  # workdir imports torch; worker processes never need it
     from sppdet.cache.workdir import WorkDir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,7 +147,7 @@ def _account(
     """Take in one finished shard task: its times, its unreadable images, the progress bar."""
     timing[str(shard)] = [outcome.images, outcome.seconds, outcome.cpu_seconds]
     for bad in outcome.bad:
-        print(f"sppdet: skipped unreadable image: {bad.reason}", file=sys.stderr)
+        log.warning("skipped unreadable image: %s", bad.reason)
     if bar is not None:
         bar.advance(outcome.images + len(outcome.bad))
 

@@ -23,6 +23,12 @@ LRN_BETA = 0.75
 LRN_SIZE = 3
 
 
+ROOT_BETA = 0.75  # computed with square roots (WithinChannelLRN.forward)
+
+
+ROOT_DTYPES = (torch.float32, torch.float64)  # bf16/fp16 would round each of the three steps
+
+
 # The released ZF-5 model: BGR, 0-255, scalar mean 128 (paper Appendix A for VOC), no scaling.
 ZF5_PREPROCESSING = Preprocessing((128.0, 128.0, 128.0), (1.0, 1.0, 1.0), "BGR", 255.0)
 
@@ -32,6 +38,16 @@ class WithinChannelLRN(nn.Module):
 
     Caffe averages x^2 over the 3x3 window with zero padding and always divides by 9, which is
     avg_pool2d with count_include_pad=True.
+
+    Without autograd (inference) everything after the pooling runs in place on its output, and
+    for the released beta (3/4) in float32 or float64 the power is d^(-3/4) = sqrt(rsqrt(d)^3)
+    instead of ``pow``: on a CPU each fresh [96, h, w] tensor costs its page faults, and ``pow``
+    is a transcendental call per element; the plain expression took four times as long as conv1
+    (BENCHMARKS.md, issue 20). The two differ by float rounding only: rsqrt (2 roundings), the
+    cube (2 more, on top of 3 times rsqrt's error) and sqrt (halving it, plus one) are within 5u
+    of the exact power, ``pow`` within 2u (one ulp), and the final product rounds once in each:
+    at most 9u apart, u the dtype's unit roundoff (2^-24 in float32). Under autograd the plain
+    expression runs.
     """
 
     def __init__(self, size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA):
@@ -39,8 +55,15 @@ class WithinChannelLRN(nn.Module):
         self.size, self.alpha, self.beta = size, alpha, beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean_sq = F.avg_pool2d(x * x, self.size, 1, self.size // 2, count_include_pad=True)
-        return x * (1.0 + self.alpha * mean_sq).pow(-self.beta)
+        mean_sq = F.avg_pool2d(
+            torch.square(x), self.size, 1, self.size // 2, count_include_pad=True
+        )
+        if x.requires_grad:
+            return x * (1.0 + self.alpha * mean_sq).pow(-self.beta)
+        base = mean_sq.mul_(self.alpha).add_(1.0)
+        if self.beta == ROOT_BETA and x.dtype in ROOT_DTYPES:
+            return base.rsqrt_().pow_(3).sqrt_().mul_(x)
+        return base.pow_(-self.beta).mul_(x)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}"

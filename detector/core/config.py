@@ -25,10 +25,15 @@ S = TypeVar("S")  # a config section's class
 
 @dataclass(frozen=True)
 class ProposalConfig:
-    method: str = "ss-fast"  # a name in sppdet.proposals.methods.METHODS
-    max_boxes: int = 2000
-    min_side: int = 20  # R-CNN filter: drop boxes narrower or shorter than this (pixels)
-    # Selective Search works on a downscaled copy: the longer side is capped for speed.
+    # Defaults: recall@0.5 >= 0.9 on small crowded objects (BENCHMARKS.md); the released and
+    # paper presets use R-CNN's own settings (RCNN_PROPOSALS).
+    method: str = "ss-rcnn"  # a name in sppdet.proposals.methods.METHODS
+    max_boxes: int = 2000  # per method: ss+eb holds up to twice this (proposals/combined.py)
+    # Drop boxes narrower or shorter than this (pixels; for ss-rcnn at its working width). R-CNN
+    # drops under 20, which loses the own boxes of objects under 20 px.
+    min_side: int = 10
+    # ss-fast / ss-quality (OpenCV's switchToSelectiveSearchFast/Quality) work on a downscaled
+    # copy: the longer side is capped for speed.
     ss_max_side: int = 500
     # OpenCV's switchToSelectiveSearchFast/Quality: k = base_k + i * inc_k for i < 3 (fast) or 5
     # (quality), Felzenszwalb sigma, and the graph segmentation's default minimum region size.
@@ -37,6 +42,12 @@ class ProposalConfig:
     ss_sigma: float = 0.8
     ss_min_region: int = 100
     ss_rank_seed: int = 0  # seed of the random factor in the ranking key (proposals/ranking.py)
+    # ss-rcnn, R-CNN's fast mode (selective_search_boxes.m): the image resized to this width (0:
+    # as it is; narrower images only if ss_rcnn_enlarge, as R-CNN's demo does), Felzenszwalb k in
+    # these values with min size = k, sigma ss_sigma.
+    ss_rcnn_width: int = 500
+    ss_rcnn_enlarge: bool = False
+    ss_rcnn_ks: tuple[int, ...] = (50, 100)
     # EdgeBoxes, on a copy whose longer side is capped. alpha (search step) and beta (NMS IoU) are
     # tuned for recall at IoU 0.7 (Zitnick & Dollar's 0.65 / 0.75 find fewer: BENCHMARKS.md).
     eb_max_side: int = 500
@@ -67,7 +78,7 @@ class FeatureConfig:
     scales: tuple[int, ...] = RELEASED_SCALES_5
     max_size: int = 2000  # cap on the longer side of a resized image (pixels)
     dtype: str = "float16"
-    flip: bool = False
+    flip: bool = True  # also the mirrored images, which fine-tuning trains on (released code)
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast of the trunk (core.device.autocast)
     shard_size: int = 4
@@ -123,8 +134,9 @@ class FinetuneConfig:
     random_fc6_input_norm: float = 20.0  # mean input norm for a randomly initialised fc6
     dropout: float = 0.5
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # on every weight and bias but fc8's bias (released prototxt)
     base_lr: float = 1e-3
+    bias_lr_factor: float = 2.0  # biases learn at twice the rate (Caffe blobs_lr 1 and 2)
     lr_steps: tuple[int, ...] = (30_000, 60_000)  # lr drops by lr_gamma at each step
     lr_gamma: float = 0.1
     iterations: int = 200_000
@@ -132,6 +144,9 @@ class FinetuneConfig:
     log_every: int = 500
     images_per_round: int = 16  # batches of a round come from this many images' cached maps
     max_batches_per_round: int = 64  # bounds the round's pooled features (float16) in memory
+    # Fraction of the images held out of training to monitor loss and accuracy on; 0: every
+    # image trains (released code). Never a model selection: the last iterate is kept.
+    holdout: float = 0.0
     seed: int = 0
 
 
@@ -155,7 +170,19 @@ class SvmConfig:
     C: float = 0.001
     positive_weight: float = 2.0
     bias_feature: float = 10.0
+    # liblinear's stopping tolerance and iteration cap for -s 3: its defaults, which the released
+    # code runs with (no -e; 1,000 is hard-coded in its dual solver)
+    tolerance: float = 0.1
+    max_iterations: int = 1_000
     seed: int = 0
+
+
+# Platt calibration of the SVM margins (train-svm): every CALIBRATION_HOLDOUT_EVERY-th training
+# image is held out from an auxiliary SVM, whose detections on those images fit the sigmoid; a
+# detection is correct at IoU >= CALIBRATION_IOU with a box of its class (VOC's test). Not
+# SvmConfig fields: that section's fields make the SVMs' fingerprint, which must stay what it was.
+CALIBRATION_HOLDOUT_EVERY = 5
+CALIBRATION_IOU = 0.5
 
 
 @dataclass(frozen=True)
@@ -163,20 +190,27 @@ class BboxConfig:
     min_iou: float = 0.5  # samples need IoU strictly above this
     feature_norm: float = 20.0
     ridge_lambda: float = 4000.0
-    max_samples_per_image: int = 32  # bounds the float16 sample matrix on VOC-sized data
+    # The feature scale's random windows: as many, and the same seed, as SvmConfig's, so that
+    # both estimate the pool5 norm on the same windows (the released code's one statistic)
+    norm_sample_windows: int = 10_000
     seed: int = 0
-
-
-# Pool5 samples the regressors' feature scale is estimated on. Not a BboxConfig field: that
-# section's fields make the model's fingerprint, which must stay what it was.
-BBOX_NORM_SAMPLE_WINDOWS = 10_000
 
 
 @dataclass(frozen=True)
 class DetectConfig:
     score_threshold: float = -1.5
-    nms_iou: float = 0.3
-    max_per_class: int = 100
+    nms_iou: float = 0.3  # NMS on the windows, and again on the regressed boxes (released code)
+    max_per_class: int = 100  # per image
+    max_per_split_factor: int = 5  # per class over a split: this x images (spp_test.m)
+
+
+# Scorers of detect's windows: the SVMs' margins (Platt-calibrated for thresholds) or the
+# fine-tuned net's softmax. Not DetectConfig fields: those make the candidates' fingerprint.
+SCORERS = ("svm", "softmax")
+SOFTMAX_SCORE_THRESHOLD = 1e-3  # softmax's pre-NMS cut (the SVMs': DetectConfig.score_threshold)
+# The probability a detection needs to be drawn or returned by the Python API by default; the
+# results files keep every detection (0), as the evaluation needs them.
+DRAW_SCORE_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -242,12 +276,18 @@ class PipelineConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
+# R-CNN's fast Selective Search with its 20 px filter: the proposals of the released code and of
+# the paper. Narrower images are not enlarged: SPP_net's spp_detect.m and R-CNN's batch script
+# (which made the published VOC boxes) search the image as it is; only R-CNN's demo resizes.
+RCNN_PROPOSALS = ProposalConfig(method="ss-rcnn", min_side=20)
+
+
 def _released() -> PipelineConfig:
-    return PipelineConfig(preset="released")
+    return PipelineConfig(preset="released", proposals=RCNN_PROPOSALS)
 
 
 def _paper() -> PipelineConfig:
-    base = PipelineConfig(preset="paper")
+    base = PipelineConfig(preset="paper", proposals=RCNN_PROPOSALS)
     return dataclasses.replace(
         base,
         features=dataclasses.replace(base.features, scales=PAPER_SCALES_5),
@@ -274,6 +314,7 @@ def _quick_cpu() -> PipelineConfig:
             fc_dim=1024,
         ),
         svm=dataclasses.replace(base.svm, norm_sample_windows=2_000),
+        bbox=dataclasses.replace(base.bbox, norm_sample_windows=2_000),  # the SVMs' windows
         pretrain=dataclasses.replace(base.pretrain, epochs=8, fc_dim=1024),
     )
 
@@ -317,11 +358,19 @@ def as_dict(section: Any) -> dict[str, Any]:
     return json_ready(dataclasses.asdict(section))
 
 
+# Settings removed from a section, which older work folders still record: they are dropped when
+# read back (the models made with them are stale through their fingerprints, not unreadable).
+RETIRED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "BboxConfig": ("max_samples_per_image",),  # regression takes every sample (issue 16)
+}
+
+
 def section_from_dict(cls: type[S], values: Mapping[str, Any], where: str, fix: str) -> S:
     """Config section CLS rebuilt from a recorded dict VALUES (lists back to tuples); keys it
     lacks keep their defaults. A key CLS does not have (a setting renamed or removed since it was
     recorded) is refused, naming WHERE the dict came from and the FIX, not silently dropped."""
     known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in values.items() if k not in RETIRED_SETTINGS.get(cls.__name__, ())}
     unknown = sorted(set(values) - known)
     if unknown:
         raise SppdetError(f"{where}: unknown {cls.__name__} settings {', '.join(unknown)}; {fix}")

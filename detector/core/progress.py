@@ -1,11 +1,16 @@
-"""Progress bars with ETA and an items/s readout, for every long stage."""
+"""Progress bars with ETA and an items/s readout, for every long stage.
+
+Bars are drawn on stderr: stdout carries a command's results only, so that it can be piped.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -56,7 +61,14 @@ def progress_bar(total: float, description: str, unit: str = "img") -> Iterator[
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as progress:
+    # Results printed on stdout meanwhile (e.g. detect's JSON lines) go around the bar through
+    # rich, which writes them to the bar's console (stderr): only when stdout is the terminal
+    # too, so that they show above the bar there. Piped or redirected, stdout is left alone.
+    on_screen = sys.stdout is not None and sys.stdout.isatty()
+    bars = Progress(
+        *columns, console=Console(stderr=True), transient=False, redirect_stdout=on_screen
+    )
+    with bars as progress:
         yield Bar(progress, progress.add_task(description, total=total))
 
 

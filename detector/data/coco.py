@@ -2,13 +2,18 @@
 
 COCO boxes are [x, y, w, h] in continuous coordinates and become 0-based inclusive pixel boxes;
 crowd objects are kept as difficult, so VOC-style scoring counts them as neither hit nor miss.
-An image's ``file_name`` must stay inside the image folder (no absolute path, no ``..``).
+An image's ``file_name`` is relative to the image folder (``--images``, default: the JSON's
+folder) and must stay inside it (no absolute path, no ``..``). The dataset keeps the file's own
+image and category ids (``CocoDataset``), so detections written back as COCO results match it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +22,37 @@ from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.images import path_inside
 from sppdet.detector.data.records import Dataset, ImageRecord
 
+SPLIT_PLACEHOLDER = "{split}"  # in --images: replaced by the split's name
+
+
+@dataclass
+class CocoDataset(Dataset):
+    """A split read from a COCO JSON: image ids are the file's ids (as strings), and
+    ``category_ids`` maps every category name of the file to its id."""
+
+    source: Path = field(default_factory=Path)
+    category_ids: dict[str, int] = field(default_factory=dict)
+
 
 def load_coco(
-    json_path: str | Path, image_dir: str | Path | None = None, classes: Sequence[str] | None = None
-) -> Dataset:
-    """Read a COCO instances JSON with pycocotools. Images live in IMAGE_DIR (default: beside it).
+    json_path: str | Path,
+    image_dir: str | Path | None = None,
+    classes: Sequence[str] | None = None,
+    split: str | None = None,
+    require_images: bool = False,
+) -> CocoDataset:
+    """Read a COCO instances JSON with pycocotools. Images live in IMAGE_DIR (default: beside
+    the JSON; ``{split}`` in it becomes SPLIT). SPLIT names the split (default: the file's stem).
 
     COCO boxes are [x, y, w, h] in continuous coordinates; a box covers pixels x .. x+w-1.
-    ``iscrowd`` objects are kept as difficult (neither TP nor FP in VOC-style scoring).
+    ``iscrowd`` objects are kept as difficult (neither TP nor FP in VOC-style scoring). With
+    REQUIRE_IMAGES, a missing image file is refused before anything reads one: the first such
+    file and how many there are.
     """
     from pycocotools.coco import COCO
 
     json_path = Path(json_path)
+    split = split or json_path.stem
     if not json_path.is_file():
         raise SppdetError(
             f"{json_path}: COCO annotation file not found ; pass --data an instances .json file"
@@ -39,12 +63,11 @@ def load_coco(
         raise SppdetError(
             f"{json_path}: not valid JSON ({exc}) ; fix the file or export it again"
         ) from None
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timings
         coco = COCO(str(json_path))
-    image_dir = Path(image_dir) if image_dir else json_path.parent
+    image_dir = (
+        Path(str(image_dir).replace(SPLIT_PLACEHOLDER, split)) if image_dir else json_path.parent
+    )
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
     names = [c["name"] for c in categories]
     classes = tuple(classes) if classes else tuple(names)
@@ -79,4 +102,24 @@ def load_coco(
                 difficult=np.array(difficult, bool),
             )
         )
-    return Dataset(name=json_path.stem, split=json_path.stem, classes=classes, records=records)
+    if require_images:
+        check_image_files(records, json_path, image_dir)
+    return CocoDataset(
+        name=json_path.stem,
+        split=split,
+        classes=classes,
+        records=records,
+        source=json_path,
+        category_ids={c["name"]: c["id"] for c in categories},
+    )
+
+
+def check_image_files(records: Sequence[ImageRecord], json_path: Path, image_dir: Path) -> None:
+    """Refuse RECORDS whose image files are missing, naming the first one and the count."""
+    missing = [r.path for r in records if not r.path.is_file()]
+    if missing:
+        raise SppdetError(
+            f"{missing[0]}: {len(missing)} of the {len(records)} images of {json_path.name} are "
+            f"missing from {image_dir} ; pass --images DIR, the folder their file_names are "
+            "relative to"
+        )

@@ -301,7 +301,7 @@ def make_synthetic_voc(
     Half the images (TEST_FRACTION) go to test, the rest to trainval, split evenly into train/val.
     """
     if num_images < 2:
-        raise SppdetError("--images must be at least 2 (one trainval and one test image)")
+        raise SppdetError("--num-images must be at least 2 (one trainval and one test image)")
     unknown = [c for c in classes if c not in SHAPE_HUES]
     if unknown or not classes:
         raise SppdetError(

@@ -1,8 +1,9 @@
 """The ``combine`` stage: model combination (paper §4.4) over several work folders' detections.
 
 Every folder must have run ``detect`` on the same split with models of the same classes; the
-union of their stored candidates goes through the same per-class NMS and top-k as one model's
-(``stage.finish``), each survivor keeping its own model's regressed box.
+union of their stored candidates goes through the same post-processing as one model's
+(``stage.finish``: NMS over the union, the top 100 per image, the split's cap, then NMS again on
+the regressed boxes), each survivor keeping its own model's regressed box.
 """
 
 from __future__ import annotations

@@ -7,27 +7,44 @@ the threshold (-1.5), with its regressed box clipped to the image. Pooling, fc6/
 the threshold run on the device; per chunk, only the surviving (window, class) pairs, their
 scores and their pooled features (for the regressors) come back to the host.
 ``detector_fingerprint`` is what the detections of a split are made from.
+
+Two scorers (``SCORERS``): the SVMs' margins (the released code's; the results files rank by
+them) or, with ``scoring="softmax"``, the fine-tuned net's softmax over fc8 (class k of K+1,
+background first), kept above ``SOFTMAX_SCORE_THRESHOLD``. ``probabilities`` turns either into a
+probability a user can threshold: the margins through the SVMs' Platt sigmoids (train-svm fits
+them), the softmax as it is.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.boxes import clip_boxes
 from sppdet.detector.core.config import (
+    SCORERS,
+    SOFTMAX_SCORE_THRESHOLD,
     DetectConfig,
     as_dict,
+    section_from_dict,
 )
+from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.detection.postprocess import Candidates
 from sppdet.detector.heads.bbox_reg import BoxRegressor
+from sppdet.detector.heads.calibration import PlattScaling
 from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.heads.svm import LinearScorer
 from sppdet.detector.training.bbox import load_bbox
+from sppdet.detector.training.finetune import load_head
 from sppdet.detector.training.inputs import (
     FEATURE_CHUNK,
     MADE_BY,
@@ -37,6 +54,16 @@ from sppdet.detector.training.inputs import (
 )
 from sppdet.detector.training.runtime import Runtime
 from sppdet.detector.training.svm import feature_head, load_svm
+
+log = logging.getLogger(__name__)
+
+
+def uncalibrated(model: str = "svm model") -> str:
+    """The error for a probability threshold on SVMs MODEL without a calibration."""
+    return (
+        f"{model}: SVMs without a calibration (trained before it existed), so no probability "
+        "to threshold ; rerun `sppdet train-svm`: it calibrates them without retraining them"
+    )
 
 
 @dataclass
@@ -51,13 +78,25 @@ class WindowScorer:
     bbox_scale: float
     cfg: DetectConfig
     runtime: Runtime = field(default_factory=Runtime)
+    calibration: PlattScaling | None = None  # the SVMs' Platt sigmoids (None: uncalibrated)
+    scoring: str = "svm"  # one of SCORERS; "softmax": HEAD is the fine-tuned head, with fc8
+
+    @property
+    def threshold(self) -> float:
+        """The pre-NMS cut of this scorer's scores."""
+        return self.cfg.score_threshold if self.scoring == "svm" else SOFTMAX_SCORE_THRESHOLD
 
     def scores(self, pooled: torch.Tensor, precision: str | None = None) -> torch.Tensor:
-        """SVM scores [N, K] of windows with pooled features POOLED [N, D], on their device;
-        the fc layers in PRECISION (default: the runtime's)."""
+        """Scores [N, K] of windows with pooled features POOLED [N, D], on their device (SVM
+        margins, or softmax probabilities without the background's); the fc layers in PRECISION
+        (default: the runtime's)."""
         runtime = self.runtime if precision is None else replace(self.runtime, precision=precision)
         with torch.no_grad():
             x = pooled
+            if self.scoring == "softmax" and self.head is not None:
+                with runtime.autocast():
+                    logits = self.head.fc8(self.head.features(pooled, "fc7")).float()
+                return torch.softmax(logits, dim=1)[:, 1:]
             if self.head is not None:
                 with runtime.autocast():
                     x = self.head.features(pooled, self.layer).float()
@@ -68,7 +107,7 @@ class WindowScorer:
     ) -> Candidates:
         """Candidates of one image from the pooled features [N, D] of its windows BOXES [N, 4]."""
         scores = self.scores(pooled)
-        above = torch.nonzero(scores > self.cfg.score_threshold, as_tuple=True)  # window-major
+        above = torch.nonzero(scores > self.threshold, as_tuple=True)  # window-major
         kept = host(scores[above])
         rows, labels = (index.cpu().numpy().astype(np.int64) for index in above)
         windows = boxes[rows].astype(np.float32)
@@ -78,6 +117,24 @@ class WindowScorer:
             regressed = clip_boxes(self.regressor.apply(windows, feats, labels), width, height)
         return Candidates(windows, regressed.astype(np.float32), kept, labels)
 
+    def probabilities(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        """Probabilities [N] of detections with SCORES [N] (this scorer's) of classes LABELS [N];
+        None for uncalibrated SVMs (trained before calibration existed)."""
+        if self.scoring == "softmax":
+            return np.asarray(scores, np.float64)
+        if self.calibration is None:
+            return None
+        return self.calibration.probability(scores, labels)
+
+    def above(self, candidates: Candidates, threshold: float) -> Candidates:
+        """The CANDIDATES whose probability is at least THRESHOLD (all of them at 0)."""
+        if threshold <= 0:
+            return candidates
+        probabilities = self.probabilities(candidates.scores, candidates.labels)
+        if probabilities is None:
+            raise SppdetError(uncalibrated())
+        return candidates.take(np.nonzero(probabilities >= threshold)[0])
+
 
 def load_window_scorer(
     work: WorkDir,
@@ -85,36 +142,143 @@ def load_window_scorer(
     cfg: DetectConfig,
     bbox: bool,
     runtime: Runtime | None = None,
+    scoring: str = "svm",
+    fc_rank: tuple[int, int] | None = None,
 ) -> WindowScorer:
-    """WORK's trained heads for INPUTS, the fc layers on the runtime's device."""
+    """WORK's trained heads for INPUTS, the fc layers on the runtime's device; SCORING picks the
+    scorer (``SCORERS``: softmax needs the fine-tuned head); FC_RANK (r6, r7) replaces fc6 and
+    fc7 by their truncated SVDs (``compressed_head``)."""
     runtime = runtime or Runtime()
+    check_scoring(scoring, inputs.features)
     scorer, svm = load_svm(work, inputs)
-    head = feature_head(work, inputs, svm["layer"], svm["finetuned"], runtime.device)
+    if scoring == "softmax":
+        head = load_head(work, inputs).to(runtime.device)
+    else:
+        head = feature_head(work, inputs, svm["layer"], svm["finetuned"], runtime.device)
+    if fc_rank is not None:
+        source = head_source(work, svm["made_from"], scoring)
+        head = compressed_head(work, head, source, fc_rank).to(runtime.device)
     regressor, bbox_scale = load_bbox(work, inputs) if bbox else (None, 1.0)
+    scale = float(svm["scale"])
+    calibration = PlattScaling.of_svm(svm)
     return WindowScorer(
-        head, svm["layer"], scorer, float(svm["scale"]), regressor, bbox_scale, cfg, runtime
+        head, svm["layer"], scorer, scale, regressor, bbox_scale, cfg, runtime, calibration, scoring
     )
+
+
+def check_scoring(scoring: str, features: str = "spp") -> str:
+    """SCORING if it is a scorer that FEATURES can use, else a one-line error."""
+    if scoring not in SCORERS:
+        raise SppdetError(f"--scorer {scoring!r}: choose one of {', '.join(SCORERS)}")
+    if scoring == "softmax" and features != "spp":
+        raise SppdetError(
+            f"--scorer softmax --features {features}: fine-tuning runs on SPP features only; "
+            "use --scorer svm"
+        )
+    return scoring
 
 
 def image_candidates(inputs: SplitInputs, detector: WindowScorer, image_id: str) -> Candidates:
     """The candidates of every proposal of IMAGE_ID, pooled and scored FEATURE_CHUNK at a time
     on the detector's device."""
-    boxes = inputs.proposals(image_id)
-    record_size = inputs.cache.image_info(image_id)
+    size = inputs.cache.image_info(image_id)
+    pool = partial(inputs.cache.pooled, image_id)
+    return window_candidates(detector, inputs.proposals(image_id), pool, size.width, size.height)
+
+
+def window_candidates(
+    detector: WindowScorer,
+    boxes: np.ndarray,
+    pool: Callable[[np.ndarray], torch.Tensor],
+    width: int,
+    height: int,
+) -> Candidates:
+    """The candidates of windows BOXES of a WIDTH x HEIGHT image, POOL(chunk) giving the pooled
+    features of FEATURE_CHUNK windows at a time (a cache's, or the Python API's in-memory maps)."""
     parts = []
     for start in range(0, len(boxes), FEATURE_CHUNK):
         chunk = boxes[start : start + FEATURE_CHUNK]
-        pooled = inputs.cache.pooled(image_id, chunk).to(detector.runtime.device)
-        parts.append(detector.candidates(pooled, chunk, record_size.width, record_size.height))
+        pooled = pool(chunk).to(detector.runtime.device)
+        parts.append(detector.candidates(pooled, chunk, width, height))
     return Candidates.concatenate(parts)
 
 
+def head_source(work: WorkDir, svm_made_from: dict[str, Any], scoring: str) -> dict[str, Any]:
+    """What the head a scorer uses was made from, by the SVMs' record (SVM_MADE_FROM): the
+    fine-tuning's fingerprint, or the backbone's head (``pretrained``) with the features'."""
+    if scoring == "softmax":
+        return {"head": work.load_model("finetune", MADE_BY["finetune"])["fingerprint"]}
+    return {"head": svm_made_from["head"], "features": svm_made_from["features"]}
+
+
+def compressed_head(
+    work: WorkDir, head: FcHead | None, source: dict[str, Any], ranks: tuple[int, int]
+) -> FcHead:
+    """HEAD with fc6 and fc7 truncated to RANKS (``FcHead.compressed``), read from
+    WORK/models/fc-rank-R6-R7.pt when that was made from the same head (SOURCE), else computed
+    (an SVD per layer: seconds for a 1,024-wide head, minutes for a 4,096-wide one on a CPU)
+    and saved there. Its state is on the CPU, as HEAD's device is the caller's business."""
+    if head is None:
+        raise SppdetError(
+            f"--fc-rank {','.join(map(str, ranks))}: these SVMs read pool5, with no fc6/fc7 to "
+            "compress ; leave out --fc-rank, or train the SVMs on fc7 (train-svm --layer fc7)"
+        )
+    name = f"fc-rank-{ranks[0]}-{ranks[1]}"
+    made = {"source": source, "fc_rank": list(ranks)}
+    path = work.model(name)
+    if path.is_file():
+        saved = work.load_model(name, "sppdet detect --fc-rank")
+        if saved.get("fingerprint") == fingerprint(made):
+            head = head.cpu()
+            head.load_state_dict(saved["head"])  # reshapes fc6/fc7 as the state has them
+            return head
+    start = time.perf_counter()
+    small = head.cpu().compressed(ranks)
+    log.info(
+        "fc6/fc7 truncated to ranks %s in %.1f s: %s", ranks, time.perf_counter() - start, path
+    )
+    state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
+    work.save_model(name, {"fingerprint": fingerprint(made), "made_from": made, "head": state})
+    return small
+
+
+def model_with_fc_rank(
+    work: WorkDir, model: dict[str, Any], ranks: tuple[int, int]
+) -> dict[str, Any]:
+    """MODEL, a model dict made from WORK (``inference.model``), with the SVMs' fc6/fc7
+    truncated to RANKS (``compressed_head``, so WORK keeps them): the head's state replaced, the
+    ranks recorded as ``fc_rank`` and the fingerprint made with them."""
+    record = model["head"]
+    source = head_source(work, model["made_from"]["svm"], "svm")
+    if record is None:  # pool5 SVMs: compressed_head says so
+        compressed_head(work, None, source, ranks)
+    head = FcHead(int(record["in_dim"]), int(record["hidden"]), int(record["outputs"]), 0.0)
+    head.load_state_dict(record["state"])
+    small = compressed_head(work, head.eval(), source, ranks)
+    state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
+    detect = section_from_dict(DetectConfig, model["detect"], str(work.root), "export it again")
+    made = detector_fingerprint(work, detect, model["bbox"] is not None, fc_rank=ranks)
+    head_record = {**record, "state": state}
+    return {**model, "head": head_record, "fc_rank": list(ranks), "fingerprint": fingerprint(made)}
+
+
 def detector_fingerprint(
-    work: WorkDir, cfg: DetectConfig, bbox: bool, features: str = "spp"
+    work: WorkDir,
+    cfg: DetectConfig,
+    bbox: bool,
+    features: str = "spp",
+    scoring: str = "svm",
+    fc_rank: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     svm, box = model_name("svm", features), model_name("bbox", features)
     made = {"svm": work.load_model(svm, MADE_BY[svm])["fingerprint"], "detect": as_dict(cfg)}
     made["bbox"] = work.load_model(box, MADE_BY[box])["fingerprint"] if bbox else None
     if features != "spp":
         made["features"] = features
+    if scoring != "svm":  # absent for the SVMs: candidates scored before scorers existed stay
+        made["scorer"] = scoring
+        made["softmax_threshold"] = SOFTMAX_SCORE_THRESHOLD
+        made["finetune"] = work.load_model("finetune", MADE_BY["finetune"])["fingerprint"]
+    if fc_rank is not None:  # absent at full rank, as for the scorer
+        made["fc_rank"] = list(fc_rank)
     return made

@@ -5,8 +5,9 @@ stores the candidates per image in WORK/detections/<split>/candidates, a sharded
 resumes after an interrupt and ``combine`` can take the union of two models' candidates. Scoring
 runs on the runtime's device, the next images' conv5 maps read ahead by a reader thread. Shards
 run in this process or as Ray tasks (``detect_shard``, which reopen the split from
-``detect_settings``). ``finish`` then applies per-class NMS at 0.3 and the top 100 per class
-(postprocess.py) and writes the VOC results files and COCO JSON.
+``detect_settings``). ``finish`` then applies the released post-processing (postprocess.py:
+per-class NMS at 0.3 and the top 100 per image, at most 5 x images per class over the split,
+NMS at 0.3 again on the regressed boxes) and writes the VOC results files and COCO JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +34,26 @@ from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.parallel import Executor, map_shards
 from sppdet.detector.core.progress import progress_bar
 from sppdet.detector.data.records import Dataset
-from sppdet.detector.detection.postprocess import Candidates, select
+from sppdet.detector.detection.postprocess import (
+    Candidates,
+    SplitTopK,
+    select,
+    suppress_regressed,
+)
 from sppdet.detector.detection.scorer import (
     FEATURE_CHUNK,
     WindowScorer,
     detector_fingerprint,
     image_candidates,
     load_window_scorer,
+    uncalibrated,
 )
-from sppdet.detector.evaluation.coco import write_coco_results
+from sppdet.detector.evaluation.coco import (
+    has_annotations,
+    results_name,
+    write_coco_ground_truth,
+    write_coco_results,
+)
 from sppdet.detector.evaluation.results import write_voc_results
 from sppdet.detector.evaluation.voc import ClassDetections
 from sppdet.detector.training.inputs import (
@@ -60,6 +73,15 @@ CANDIDATES_KIND = "candidates"
 CANDIDATE_FIELDS = ("windows", "boxes", "scores", "labels")
 
 SHORTER_DETECT = "a smaller --split"  # the ETA warning's advice
+
+
+def results_folder(
+    inputs: SplitInputs, scoring: str = "svm", fc_rank: tuple[int, int] | None = None
+) -> str:
+    """The folder of WORK/detections/ of INPUTS scored by SCORING: test (the SVMs), test-softmax;
+    with fc6/fc7 truncated to FC_RANK, test-fc512x256 (test-softmax-fc512x256)."""
+    name = inputs.results_name if scoring == "svm" else f"{inputs.results_name}-{scoring}"
+    return name if fc_rank is None else f"{name}-fc{fc_rank[0]}x{fc_rank[1]}"
 
 
 @dataclass(frozen=True)
@@ -87,32 +109,57 @@ def run_detect(
     executor: Executor | None = None,
     data: str | Path | None = None,
     runtime: Runtime | None = None,
+    scoring: str = "svm",
+    min_probability: float = 0.0,
+    fc_rank: tuple[int, int] | None = None,
 ) -> ScoredDetectResult:
     """Detect on every image of the split on the runtime's device; returns the output folder
     and detection counts (and, with mixed precision, how far it moves the scores).
 
     EXECUTOR runs the candidates' shards: local (default) in this process, or Ray, whose tasks
     (``detect_shard``) reopen the split from DATA, the dataset INPUTS were opened from.
+    SCORING picks the scorer (scorer.SCORERS; softmax's results go to WORK/detections/S-softmax);
+    the results keep the detections whose probability is above MIN_PROBABILITY (0: all).
+    FC_RANK (r6, r7) truncates fc6/fc7 (``scorer.compressed_head``; results in S-fcR6xR7).
     """
     runtime = runtime or Runtime()
     inputs.check_images()
     inputs.to(runtime.device)
     remote = executor is not None and executor.kind != "local"
-    settings = detect_settings(work, inputs, cfg, bbox, data, runtime) if remote else None
-    detector = load_window_scorer(work, inputs, cfg, bbox, runtime)
+    settings = (
+        detect_settings(work, inputs, cfg, bbox, data, runtime, scoring, fc_rank)
+        if remote
+        else None
+    )
+    detector = load_window_scorer(work, inputs, cfg, bbox, runtime, scoring, fc_rank)
+    if min_probability > 0 and scoring == "svm" and detector.calibration is None:
+        raise SppdetError(uncalibrated(str(work.model(inputs.model("svm")))))
     split = inputs.dataset.split
     params = {
-        **detector_fingerprint(work, cfg, bbox, inputs.features),
+        **detector_fingerprint(work, cfg, bbox, inputs.features, scoring, fc_rank),
         INPUTS_KEY: inputs.inputs_fingerprint,
         **precision_setting(runtime),
     }
     ids = [r.image_id for r in inputs.dataset.records]
-    root = work.detections(inputs.results_name) / "candidates"
+    name = results_folder(inputs, scoring, fc_rank)
+    root = work.detections(name) / "candidates"
     models = _models_made_from(work, bbox, inputs.features)
+    # Another scorer's run is recorded apart: ``evaluate --work`` finds the SVMs' results.
+    recorded_as = split if name == inputs.results_name else name
     if not force:
-        _refuse_other_candidates(work, root, split, params, models)
+        _refuse_other_candidates(work, root, recorded_as, params, models)
     store = ShardedStore.create(root, CANDIDATES_KIND, params, ids, 8, force=force)
-    work.record("detect", split, {"detect": as_dict(cfg), "bbox": bbox, "models": models})
+    out = out or work.detections(name)
+    found = {  # where the dataset and the results are, for ``evaluate --work``
+        "data": None if data is None else str(Path(data).absolute()),
+        "split": split,
+        "classes": list(inputs.dataset.classes),
+        # inside the work folder: relative to it, so that a moved or copied folder finds its own
+        "out": str(out.relative_to(work.root) if out.is_relative_to(work.root) else out.absolute()),
+    }
+    work.record(
+        "detect", recorded_as, {"detect": as_dict(cfg), "bbox": bbox, "models": models, **found}
+    )
     pending = store.pending_shards()
     todo = sum(len(store.shard_image_ids(k)) for k in pending)
     drift = _drift(inputs, detector, store.shard_image_ids(pending[0])[0]) if pending else None
@@ -142,8 +189,8 @@ def run_detect(
                         writer, image_ids, inputs, detector, advance
                     ),
                 )
-    out = out or work.detections(inputs.results_name)
-    detections = finish([store], inputs.dataset, cfg, out, runtime.device)
+    keep = partial(detector.above, threshold=min_probability)
+    detections = finish([store], inputs.dataset, cfg, out, runtime.device, keep)
     store.close()
     return ScoredDetectResult(out, {k: len(v) for k, v in detections.items()}, drift)
 
@@ -245,6 +292,8 @@ def detect_settings(
     bbox: bool,
     data: str | Path | None,
     runtime: Runtime | None = None,
+    scoring: str = "svm",
+    fc_rank: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """What a ``detect_shard`` task needs to rebuild INPUTS and the detector in its process.
 
@@ -264,6 +313,8 @@ def detect_settings(
         "inputs": inputs.inputs_fingerprint,  # the worker checks it sees the same stores
         "device": str((runtime or Runtime()).device),
         "precision": (runtime or Runtime()).precision,
+        "scoring": scoring,
+        "fc_rank": fc_rank,  # the driver saved the truncated head in WORK/models: read there
     }
 
 
@@ -293,7 +344,15 @@ def _worker_detector(settings: dict[str, Any]) -> tuple[SplitInputs, WindowScore
                 f"{work.root}: this node sees other proposals or features than the driver; "
                 "put the work folder on a filesystem shared by every node"
             )
-        detector = load_window_scorer(work, inputs, settings["detect"], settings["bbox"], runtime)
+        detector = load_window_scorer(
+            work,
+            inputs,
+            settings["detect"],
+            settings["bbox"],
+            runtime,
+            settings["scoring"],
+            settings["fc_rank"],
+        )
         _worker_state = (key, inputs, detector)
     return _worker_state[1], _worker_state[2]
 
@@ -322,16 +381,23 @@ def finish(
     cfg: DetectConfig,
     out: Path,
     device: torch.device | str = "cpu",
+    keep: Callable[[Candidates], Candidates] | None = None,
 ) -> Mapping[str, ClassDetections]:
-    """NMS (on DEVICE) over the union of the stores' candidates per image; write VOC and COCO
+    """NMS (on DEVICE) over the union of the stores' candidates per image, then KEEP (e.g. a
+    probability threshold) of each image's survivors, if given; at most 5 x images per class
+    over the split; NMS again on the regressed boxes (postprocess.py); write VOC and COCO
     results."""
     per_class: dict[int, list[tuple[str, Candidates]]] = {}
-    for record in dataset.records:
+    top = SplitTopK(len(dataset.classes), cfg.max_per_split_factor * len(dataset.records))
+    for i, record in enumerate(dataset.records):
         union = Candidates.concatenate([read_candidates(s, record.image_id) for s in stores])
-        kept = select(union, cfg, device)
+        kept = select(top.admit(union), cfg, device)
+        top.add(i, kept if keep is None else keep(kept))
+    for i, found in top.result():
+        kept = suppress_regressed(found, cfg.nms_iou, device)
         for k in np.unique(kept.labels):
             per_class.setdefault(int(k), []).append(
-                (record.image_id, kept.take(np.nonzero(kept.labels == k)[0]))
+                (dataset.records[i].image_id, kept.take(np.nonzero(kept.labels == k)[0]))
             )
     detections = {}
     for k, name in enumerate(dataset.classes):
@@ -342,5 +408,7 @@ def finish(
             np.concatenate([c.boxes for _, c in parts]) if parts else np.zeros((0, 4)),
         )
     write_voc_results(out, dataset.split, dataset.classes, detections)
-    write_coco_results(out / f"coco_results_{dataset.split}.json", dataset, detections)
+    write_coco_results(out / results_name(dataset.split), dataset, detections)
+    if has_annotations(dataset):  # the ground truth the results' ids refer to
+        write_coco_ground_truth(out, dataset)
     return detections

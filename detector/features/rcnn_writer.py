@@ -10,6 +10,7 @@ ground-truth boxes. A rerun computes only the missing shards.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,7 +23,7 @@ import numpy as np
 from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.shards import ShardedStore, ShardWriter
 from sppdet.cache.workdir import WorkDir
-from sppdet.detector.backbones.weights import describe_weights, load_backbone
+from sppdet.detector.backbones.weights import describe_weights, load_backbone, weights_kind
 from sppdet.detector.core.config import FeatureConfig, RcnnConfig, SppConfig, as_dict
 from sppdet.detector.core.device import check_precision, resolve_device
 from sppdet.detector.core.errors import SppdetError
@@ -30,6 +31,7 @@ from sppdet.detector.core.progress import progress_bar
 from sppdet.detector.data.images import read_image
 from sppdet.detector.data.records import Dataset, ImageRecord
 from sppdet.detector.features.rcnn_warp import RcnnFeaturizer, warp_size
+from sppdet.detector.features.writer import random_weights_warning
 from sppdet.detector.spp.bins import check_pyramid
 from sppdet.proposals.store import open_proposals
 
@@ -39,6 +41,8 @@ STAGE = "cache-features-rcnn"  # its entry in settings.json
 LAYOUT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 PER_SPLIT_PARAMS = ("proposals", "ground_truth")  # which windows a store holds, not their values
+
+log = logging.getLogger(__name__)
 
 
 def image_windows_union(record: ImageRecord, proposals: np.ndarray) -> np.ndarray:
@@ -106,6 +110,8 @@ def cache_rcnn_features(
     work = work if isinstance(work, WorkDir) else WorkDir.at(work)
     proposals = open_proposals(work, dataset.split)
     params = rcnn_params(features, spp, config, proposals.fingerprint, dataset)
+    if weights_kind(features.weights) == "random":
+        log.warning(random_weights_warning("cache-features --features rcnn"))
     ids = [r.image_id for r in dataset.records]
     root = work.rcnn_features(dataset.split)
     store = ShardedStore.create(root, KIND, params, ids, config.shard_size, force=force)

@@ -25,6 +25,7 @@ through the same ``write_shard``; the stored maps are the same.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -58,6 +59,8 @@ from sppdet.detector.data.records import Dataset, ImageRecord
 from sppdet.detector.features.conv5 import DTYPES, ImageMaps, LoadedImage, compute_conv5, prefetch
 from sppdet.detector.spp.geometry import layer_geometry
 
+log = logging.getLogger(__name__)
+
 KIND = "features"
 
 
@@ -65,6 +68,14 @@ STAGE = "cache-features"  # its entry in settings.json
 
 
 MADE_BY = "sppdet cache-features"
+
+
+def random_weights_warning(stage: str) -> str:
+    """The one line a STAGE running on a trunk with random weights logs (and ``run`` repeats)."""
+    return (
+        f"{stage} runs on random weights (--weights random, the default): the features come from "
+        "an untrained network; for real images pass --weights imagenet or --weights PATH"
+    )
 
 
 LAYOUT_VERSION = 1
@@ -205,6 +216,8 @@ def cache_features(
     """
     work = work if isinstance(work, WorkDir) else WorkDir.at(work)
     params = feature_params(config)
+    if weights_kind(config.weights) == "random":
+        log.warning(random_weights_warning(STAGE))
     ids = [r.image_id for r in dataset.records]
     root = work.features(dataset.split)
     store = ShardedStore.create(root, KIND, params, ids, config.shard_size, force=force)

@@ -7,12 +7,22 @@ first) drawn from N(0, 0.01), as in the paper.
 ``input_scale`` multiplies the pooled features before fc6. It is 1 when fc6 is pretrained (fc6
 expects the trunk's own activations); a randomly initialised fc6 gets the factor that brings the
 mean input norm to a fixed value, so SGD sees the same input scale whatever the trunk's.
+
+``compressed((r6, r7))`` is a copy whose fc6 and fc7 are their truncated SVDs (``lowrank``);
+``fc_rank`` says which ranks a head has, and ``load_state_dict`` takes either kind of state,
+shaping fc6/fc7 after it, so code that saves and loads heads needs no flag for it.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 from torch import nn
+
+from sppdet.detector.heads.lowrank import COMPRESSIBLE, LowRankLinear, check_rank, truncated_svd
 
 LAYERS = ("pool5", "fc6", "fc7")
 
@@ -30,6 +40,56 @@ class FcHead(nn.Module):
         with torch.no_grad():
             self.fc8.weight.normal_(0.0, std, generator=generator)
             self.fc8.bias.zero_()
+
+    @property
+    def fc_rank(self) -> tuple[int, int] | None:
+        """The ranks of fc6 and fc7 when they are truncated SVDs (a full layer counts its
+        min(out, in)), else None."""
+        layers = [getattr(self, name) for name in COMPRESSIBLE]
+        if not any(isinstance(layer, LowRankLinear) for layer in layers):
+            return None
+        ranks = [
+            layer.rank
+            if isinstance(layer, LowRankLinear)
+            else min(layer.in_features, layer.out_features)
+            for layer in layers
+        ]
+        return ranks[0], ranks[1]
+
+    def compressed(self, ranks: Sequence[int]) -> FcHead:
+        """A copy whose fc6 and fc7 are their truncated SVDs of RANKS (r6, r7), computed from
+        this head's weights (which must be full layers); fc8 and the input scale are kept."""
+        if len(ranks) != len(COMPRESSIBLE):
+            raise ValueError(f"give {len(COMPRESSIBLE)} ranks (fc6, fc7), not {list(ranks)}")
+        low = {}
+        for name, rank in zip(COMPRESSIBLE, ranks, strict=True):
+            layer = getattr(self, name)
+            if not isinstance(layer, nn.Linear):
+                raise ValueError(f"{name} is compressed already (rank {layer.rank})")
+            low[name] = truncated_svd(layer, int(rank), name)
+        head = copy.deepcopy(self)
+        for name, layer in low.items():
+            setattr(head, name, layer)
+        return head
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """``nn.Module.load_state_dict``, after shaping fc6/fc7 as the state has them: a full
+        layer (``fc6.weight``) or a truncated SVD (``fc6.first.weight``, ``fc6.second.*``)."""
+        for name in COMPRESSIBLE:
+            layer = getattr(self, name)
+            first = state_dict.get(f"{name}.first.weight")
+            if first is not None and not (
+                isinstance(layer, LowRankLinear) and layer.rank == first.shape[0]
+            ):
+                rank = check_rank(int(first.shape[0]), layer.out_features, layer.in_features, name)
+                low = LowRankLinear(layer.in_features, layer.out_features, rank)
+                setattr(self, name, low.train(self.training))
+            elif f"{name}.weight" in state_dict and isinstance(layer, LowRankLinear):
+                full = nn.Linear(layer.in_features, layer.out_features)
+                setattr(self, name, full.train(self.training))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def features(self, pooled: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
         """Activations after ReLU of LAYER (pool5 = the pooled input itself), no dropout."""

@@ -14,8 +14,10 @@ boundary continues exactly as an uninterrupted run. Everything runs on the devic
 given: the pooler pools there, the head and the targets are moved there, the fc layers run in
 the given precision; a ``RoundReader`` (the training stage's reader thread) can read each round's
 maps while the previous round trains.
-A deterministic tenth of the images is held out; the log reports loss and foreground accuracy on
-a fixed sample of their windows.
+Every image trains, as in the released code. With ``holdout`` > 0, that fraction of the images,
+evenly spread, is held out of training instead, and the log adds the loss and foreground accuracy
+of a fixed sample of their windows. The model is always the last iterate: none is selected on
+held-out (or test) images, unlike the released code, which kept the best one on VOC07 test.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.heads.windows import finetune_labels, image_windows
 
 log = logging.getLogger(__name__)
+
+HELDOUT_WINDOWS = 512  # windows of the held-out images the monitor scores (25% foreground)
 
 
 class PooledFeatures(Protocol):
@@ -100,12 +104,15 @@ class Batch:
     flipped: np.ndarray  # [B] bool
 
 
-def split_holdout(num_images: int, every: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) image indices: every tenth image is held out, when there are 10+."""
+def split_holdout(num_images: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) image indices. FRACTION 0: every image trains. Else k =
+    round(FRACTION * NUM_IMAGES) images, at least one and never all, evenly spread: image i is
+    held out when floor((i + 1) k / n) > floor(i k / n) (for 0.1: every tenth image)."""
     index = np.arange(num_images)
-    if num_images < every:
+    if fraction <= 0 or num_images < 2:
         return index, np.zeros(0, np.int64)
-    held = index % every == every - 1
+    count = min(num_images - 1, max(1, math.floor(fraction * num_images + 0.5)))
+    held = (index + 1) * count // num_images > index * count // num_images
     return index[~held], index[held]
 
 
@@ -209,7 +216,37 @@ class HeldOut:
         fg = self.targets > 0
         correct = logits.argmax(1) == self.targets
         fg_acc = correct[fg].float().mean().item() if fg.any() else float("nan")
-        return {"loss": loss, "fg_accuracy": fg_acc, "accuracy": correct.float().mean().item()}
+        return {
+            "heldout_loss": loss,
+            "heldout_fg_accuracy": fg_acc,
+            "heldout_accuracy": correct.float().mean().item(),
+        }
+
+
+class TrainMeter:
+    """Loss and foreground accuracy of the training batches since the last ``report``, summed
+    on the device (reading them back each batch would sync it)."""
+
+    def __init__(self) -> None:
+        self._sums: torch.Tensor | None = None  # loss sum, foreground right, foreground, batches
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        fg = targets > 0
+        right = (logits.argmax(1) == targets) & fg
+        loss = loss.float()
+        batch = torch.stack([loss, right.sum().float(), fg.sum().float(), torch.ones_like(loss)])
+        self._sums = batch if self._sums is None else self._sums + batch
+
+    def report(self) -> dict[str, float]:
+        """Mean loss and foreground accuracy since the last report (or the start or resume)."""
+        sums, self._sums = self._sums, None
+        if sums is None or sums.is_meta:  # no batch, or a shapes-only (meta) run: no values
+            return {"train_loss": float("nan"), "train_fg_accuracy": float("nan")}
+        loss, right, fg, batches = sums.tolist()
+        return {
+            "train_loss": loss / batches,
+            "train_fg_accuracy": right / fg if fg else float("nan"),
+        }
 
 
 @dataclass
@@ -259,10 +296,18 @@ class TrainClock(Protocol):
 
 
 def _optimizer(head: FcHead, cfg: FinetuneConfig, optimizer_state: dict | None) -> torch.optim.SGD:
-    """SGD with momentum and weight decay on HEAD, resumed from OPTIMIZER_STATE when given."""
-    optimizer = torch.optim.SGD(
-        head.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    """SGD with momentum and weight decay on HEAD, resumed from OPTIMIZER_STATE when given. As
+    the released solver (pascal_finetune_fc_spm_train.prototxt): biases learn ``bias_lr_factor``
+    times faster, and fc8's bias has no weight decay. Each group's ``lr_factor`` scales the
+    learning rate ``train`` sets."""
+    decay, factor = cfg.weight_decay, cfg.bias_lr_factor
+    groups = [
+        {"params": [head.fc6.weight, head.fc7.weight, head.fc8.weight], "lr_factor": 1.0},
+        {"params": [head.fc6.bias, head.fc7.bias], "lr_factor": factor},
+        {"params": [head.fc8.bias], "lr_factor": factor, "weight_decay": 0.0},
+    ]
+    assert sum(len(g["params"]) for g in groups) == len(list(head.parameters()))
+    optimizer = torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     return optimizer
@@ -280,6 +325,7 @@ def train(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     reader: RoundReader | None = None,
+    on_history: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainState:
     """SGD with momentum and weight decay on fc6-fc8; checkpoints through SAVE at round ends.
 
@@ -287,11 +333,13 @@ def train(
     windows are pooled in one pass, then each batch's forward and backward, with the fc layers
     in PRECISION (autocast; fp16 with loss scaling). READER, when given, reads each round's
     maps ahead. Dropout is reseeded at every round from (seed, round), so resuming is exact.
+    ON_HISTORY, when given, gets each history entry as it is logged (the training report).
     """
     device = torch.device(device)
     head.to(device)
-    train_images, held_images = split_holdout(len(table.image_ids))
-    held = HeldOut.sample(pooler, table, held_images, 512, cfg.seed)
+    train_images, held_images = split_holdout(len(table.image_ids), cfg.holdout)
+    held = HeldOut.sample(pooler, table, held_images, HELDOUT_WINDOWS, cfg.seed)
+    meter = TrainMeter()
     optimizer = _optimizer(head, cfg, optimizer_state)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     head.train()
@@ -333,15 +381,18 @@ def train(
                 y = targets[offset : offset + len(batch.rows)]
                 offset += len(batch.rows)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, iteration)
-                loss = _step(head, optimizer, scaler, x, y, device, precision)
+                    group["lr"] = learning_rate(cfg, iteration) * group["lr_factor"]
+                meter.add(*_step(head, optimizer, scaler, x, y, device, precision), y)
                 iteration += 1
                 if clock is not None:
                     clock.batch_done(iteration)
-                if held is not None and (
-                    iteration % cfg.log_every == 0 or iteration == cfg.iterations
-                ):
-                    _log(state.history, iteration, loss.item(), held.evaluate(head))
+                if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
+                    metrics = {"lr": learning_rate(cfg, iteration - 1), **meter.report()}
+                    if held is not None:
+                        metrics.update(held.evaluate(head))
+                    _log(state.history, iteration, metrics)
+                    if on_history is not None:
+                        on_history(state.history[-1])
     finally:
         close = getattr(rounds, "close", None)
         if close is not None:
@@ -358,10 +409,12 @@ def _step(
     targets: torch.Tensor,
     device: torch.device,
     precision: str,
-) -> torch.Tensor:
-    """One SGD step on batch X; returns the loss (on the device: reading it syncs)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on batch X; returns the loss and the logits, detached (on the device:
+    reading them syncs)."""
     with autocast(device, precision):
-        loss = nn.functional.cross_entropy(head(x), targets)
+        logits = head(x)
+        loss = nn.functional.cross_entropy(logits, targets)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -370,18 +423,24 @@ def _step(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-    return loss.detach()
+    return loss.detach(), logits.detach()
 
 
-def _log(
-    history: list[dict[str, float]], iteration: int, train_loss: float, held: dict[str, float]
-) -> None:
-    metrics = {"iteration": iteration, "train_loss": train_loss, **held}
-    history.append(metrics)
-    log.info(
-        "iteration %d: train loss %.4f, held-out loss %.4f, fg accuracy %.3f",
-        iteration,
-        metrics["train_loss"],
-        metrics["loss"],
-        metrics["fg_accuracy"],
+def _log(history: list[dict[str, float]], iteration: int, metrics: dict[str, float]) -> None:
+    history.append({"iteration": iteration, **metrics})
+    log.info("iteration %d: %s", iteration, describe_metrics(metrics))
+
+
+def describe_metrics(metrics: dict[str, float]) -> str:
+    """One line of a history entry: learning rate, training loss and foreground accuracy (the
+    mean since the previous entry), and the held-out ones when there are held-out images."""
+    line = (
+        f"lr {metrics['lr']:.3g}, train loss {metrics['train_loss']:.4f}, "
+        f"foreground accuracy {metrics['train_fg_accuracy']:.3f}"
     )
+    if "heldout_loss" in metrics:
+        line += (
+            f"; held-out loss {metrics['heldout_loss']:.4f}, "
+            f"foreground accuracy {metrics['heldout_fg_accuracy']:.3f}"
+        )
+    return line

@@ -6,7 +6,9 @@ when the current model scores it above ``hard_threshold`` (-1.0001). When a clas
 than ``retrain_every`` new hard negatives it is retrained (and once more at the end); after each
 retrain, cached negatives scoring below ``evict_threshold`` (-1.2) are evicted. The solver is
 liblinear's L2-regularised L1-loss dual SVM through scikit-learn's LinearSVC, with C = 0.001,
-positive weight 2 and a regularised bias feature of value 10 (``intercept_scaling``).
+positive weight 2 and a regularised bias feature of value 10 (``intercept_scaling``), stopping
+at liblinear's own default tolerance for this solver (0.1) or after 1,000 iterations, as the
+released code does (``SvmConfig.tolerance``, ``max_iterations``; scikit-learn's default is 1e-4).
 
 Memory stays bounded: each class caches at most ``max_cached_negatives`` negatives (float16); over
 the cap, the easiest ones (lowest score) go first.
@@ -73,7 +75,8 @@ class _NegativeCache:
 def fit_linear_svm(
     positives: np.ndarray, negatives: np.ndarray, cfg: SvmConfig
 ) -> tuple[np.ndarray, float]:
-    """liblinear -s 3 -c C -w1 pos_weight -B bias_feature on float features; returns (w, b)."""
+    """liblinear -s 3 -c C -w1 pos_weight -B bias_feature -e tolerance on float features, at
+    most ``max_iterations`` passes; returns (w, b)."""
     x = np.concatenate([positives, negatives]).astype(np.float64)
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
     svm = LinearSVC(
@@ -83,8 +86,8 @@ def fit_linear_svm(
         class_weight={1: cfg.positive_weight, 0: 1.0},
         fit_intercept=True,
         intercept_scaling=cfg.bias_feature,
-        max_iter=10_000,
-        tol=1e-4,
+        max_iter=cfg.max_iterations,
+        tol=cfg.tolerance,
         random_state=cfg.seed,
     )
     with warnings.catch_warnings():

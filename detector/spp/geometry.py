@@ -20,9 +20,13 @@ ZF-5 and "released" this is exactly the released code in 1-based units:
 When left > right (a window narrower than about 13 px) both become floor((left + right)/2), as
 in the released code; then cells are clamped to the map.
 
-Before mapping, a box is brought to the cached scale with the released code's corner-aligned
-factor ``(s - 1)/(min(H, W) - 1)`` where s is the effective scale (the resized image's shorter
-side; see ``sppdet.detector.features.conv5`` for what ``--max-size`` does to it).
+Before mapping, a box is brought to the cached scale as the released code does it, in 1-based
+pixels and in its order of operations: b_s = (b - 1)(s - 1)/(min(H, W) - 1) + 1, multiplied
+before divided, then the offsets are subtracted (``spp_features_convX_to_poolX.m`` and
+``spm_pool_caffe_mex.cpp``). s is the effective scale (the resized image's shorter side; see
+``sppdet.detector.features.conv5`` for what ``--max-size`` does to it). The order matters for
+integer boxes that land exactly on a cell boundary: a factor (s - 1)/(min(H, W) - 1) rounded
+first can put them one ulp past it, and floor/ceil then pick the neighbouring cell.
 """
 
 from __future__ import annotations
@@ -81,14 +85,33 @@ def edge_shift(rule: str, geometry: CellGeometry) -> float:
     raise ValueError(f"unknown window mapping rule {rule!r}; choose one of {MAPPING_RULES}")
 
 
-def scale_factor(effective_scale: np.ndarray | float, min_side: float) -> np.ndarray:
-    """The released code's box scaling, 0-based: x_s = x * (s - 1) / (min(H, W) - 1)."""
-    return (np.asarray(effective_scale, np.float64) - 1) / max(float(min_side) - 1, 1.0)
+@dataclass(frozen=True)
+class BoxScaling:
+    """The released code's scaling of boxes to a cached scale, kept as the two factors it
+    multiplies and divides by: b_s = (b - 1) * numerator / denominator + 1 (1-based pixels)."""
+
+    numerator: np.ndarray  # s - 1, [N] or scalar
+    denominator: float  # min(H, W) - 1
+
+
+def scale_factor(effective_scale: np.ndarray | float, min_side: float) -> BoxScaling:
+    """The released code's box scaling: (b - 1)(s - 1)/(min(H, W) - 1) + 1 in 1-based pixels."""
+    return BoxScaling(np.asarray(effective_scale, np.float64) - 1, max(float(min_side) - 1, 1.0))
+
+
+def _scaled_one_based(boxes: np.ndarray, factor: BoxScaling | np.ndarray | float) -> np.ndarray:
+    """BOXES [N, 4] (0-based, so b - 1 of the 1-based box) scaled and made 1-based: multiplied
+    by the numerator, then divided, then + 1, the released order (``BoxScaling``). A plain
+    FACTOR (scalar or [N]) is a numerator over 1."""
+    if not isinstance(factor, BoxScaling):
+        factor = BoxScaling(np.asarray(factor, np.float64), 1.0)
+    numerator = np.asarray(factor.numerator, np.float64).reshape(-1, 1)
+    return np.asarray(boxes, np.float64).reshape(-1, 4) * numerator / factor.denominator + 1
 
 
 def boxes_to_cells(
     boxes: np.ndarray,
-    factor: np.ndarray | float,
+    factor: BoxScaling | np.ndarray | float,
     geometry: CellGeometry,
     map_height: np.ndarray | int,
     map_width: np.ndarray | int,
@@ -96,14 +119,18 @@ def boxes_to_cells(
 ) -> np.ndarray:
     """Windows in original-image pixels -> inclusive conv cells [N, 4] int64, inside the map.
 
-    FACTOR scales each box to its cached scale (scalar or [N]); MAP_HEIGHT/MAP_WIDTH are the conv
-    map sizes at that scale (scalar or [N]).
+    FACTOR scales each box to its cached scale (``scale_factor``, or a plain factor: scalar or
+    [N]); MAP_HEIGHT/MAP_WIDTH are the conv map sizes at that scale (scalar or [N]). The
+    arithmetic is the released mex's, in 1-based pixels and cells (offset0 = offset + 1), in its
+    order of operations, so that exact cell boundaries round as there; cells come back 0-based.
     """
-    b = np.asarray(boxes, np.float64).reshape(-1, 4) * np.asarray(factor, np.float64).reshape(-1, 1)
-    lo = np.floor((b[:, :2] + shift - geometry.offset) / geometry.stride + 0.5)
-    hi = np.ceil((b[:, 2:] - shift - geometry.offset) / geometry.stride - 0.5)
+    b = _scaled_one_based(boxes, factor)
+    offset0 = geometry.offset + 1  # the receptive-field centre of 1-based cell 1, 1-based
+    lo = np.floor((b[:, :2] - offset0 + shift) / geometry.stride + 0.5)  # 1-based cell - 1
+    hi = np.ceil((b[:, 2:] - offset0 - shift) / geometry.stride - 0.5)
     degenerate = lo > hi
-    middle = np.floor((lo + hi) / 2)
+    # The mex's C integer division of the 1-based cells, (l + r) / 2, truncates toward zero.
+    middle = np.trunc((lo + hi + 2) / 2) - 1
     lo = np.where(degenerate, middle, lo)
     hi = np.where(degenerate, middle, hi)
     limit = np.stack(

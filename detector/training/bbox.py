@@ -1,15 +1,19 @@
 """The ``train-bbox`` stage: per-class ridge regressors from pool5 features to R-CNN box deltas.
 
-Samples are the windows (proposals and ground-truth boxes) with IoU > 0.5 with a ground-truth
-box, at most ``max_samples_per_image`` per image (seeded), each regressed onto its best box.
-Features are scaled to a mean norm of 20 and the fit is ``heads.bbox_reg.fit_box_regressor``;
-WORK/models/bbox.pt holds the weights and scale, which ``load_bbox`` reads back for detection.
-The windows are pooled on the runtime's device, each image's maps read ahead by a reader thread;
-only the sampled windows' features come back to the host, where the ridge fits run.
+As ``spp_train_bbox_regressor.m``: the samples are every window (proposals and ground-truth
+boxes) with IoU > 0.5 with a ground-truth box, each regressed onto its best box; the features are
+scaled to a mean norm of 20, the mean pool5 norm estimated on random windows of the split
+(``inputs.sample_norm_scale``: with the SVMs' count and seed, the same windows), not on the
+samples. The samples go image by image into ``heads.bbox_reg.NormalEquations`` (per class XᵀX
+and XᵀY: memory bounded whatever their number), solved at the end. WORK/models/bbox.pt holds
+the weights and scale, which ``load_bbox`` reads back for detection. The windows are pooled on
+the runtime's device, each image's maps read ahead by a reader thread; only the samples'
+features come back to the host, where the normal equations are built and solved.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +23,11 @@ import torch
 from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.boxes import encode_deltas
-from sppdet.detector.core.config import BBOX_NORM_SAMPLE_WINDOWS, BboxConfig, as_dict
+from sppdet.detector.core.config import BboxConfig, as_dict
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.progress import progress_bar, track
 from sppdet.detector.data.records import ImageRecord
-from sppdet.detector.heads.bbox_reg import BoxRegressor, fit_box_regressor
-from sppdet.detector.heads.svm import feature_scale
+from sppdet.detector.heads.bbox_reg import BoxRegressor, NormalEquations
 from sppdet.detector.heads.windows import image_windows
 from sppdet.detector.training.inputs import (
     MADE_BY,
@@ -32,6 +35,7 @@ from sppdet.detector.training.inputs import (
     UpToDate,
     feature_settings_fingerprint,
     host,
+    sample_norm_scale,
     up_to_date,
     window_features,
 )
@@ -72,16 +76,15 @@ def run_train_bbox(
     name = inputs.model("bbox")
     if not force and up_to_date(work, name, made):
         return UpToDate(work.model(name))
-    rng = np.random.default_rng(cfg.seed)
-    x, y, lab = _samples(inputs, cfg, rng, runtime)
-    count = min(len(x), BBOX_NORM_SAMPLE_WINDOWS)
-    scale = feature_scale(
-        x[rng.choice(len(x), count, replace=False)].astype(np.float32), cfg.feature_norm
-    )
+
+    def pool5(image_id: str, boxes: np.ndarray) -> np.ndarray:
+        return host(window_features(cache, None, image_id, boxes, "pool5", runtime))
+
+    scale = sample_norm_scale(inputs, pool5, cfg.norm_sample_windows, cfg.seed, cfg.feature_norm)
+    systems = NormalEquations(len(classes), cache.dim, scale)
+    _add_samples(inputs, cfg, pool5, systems, runtime)
     with progress_bar(1, "bbox: ridge fits", unit="fit") as bar:
-        model = fit_box_regressor(
-            x.astype(np.float32) * scale, y, lab, len(classes), cfg.ridge_lambda
-        )
+        model = systems.fit(cfg.ridge_lambda)
         bar.advance()
     path = work.save_model(
         name,
@@ -96,54 +99,45 @@ def run_train_bbox(
             "classes": list(classes),
         },
     )
-    counts = np.bincount(lab, minlength=len(classes)).tolist()
+    counts = systems.counts.tolist()
     return BboxResult(path, scale, dict(zip(classes, counts, strict=True)))
 
 
-def _samples(
-    inputs: SplitInputs, cfg: BboxConfig, rng: np.random.Generator, runtime: Runtime
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The regression samples of the split: pool5 features (float16) [N, D], their deltas onto
-    the best ground-truth box [N, 4] and that box's class [N]."""
+def _add_samples(
+    inputs: SplitInputs,
+    cfg: BboxConfig,
+    pool5: Callable[[str, np.ndarray], np.ndarray],
+    systems: NormalEquations,
+    runtime: Runtime,
+) -> None:
+    """Every regression sample of the split into SYSTEMS: each window with IoU > ``min_iou``
+    with a ground-truth box, its pool5 features, its deltas onto that best box and its class."""
     records = inputs.dataset.records
-    features, targets, labels = [], [], []
     eta = EtaCheck("train-bbox", len(records), "img", runtime, SHORTER_BBOX)
     # Samples overlap a ground-truth box: their best scales are about the boxes'.
     ahead = read_ahead(inputs.cache, records, lambda r: (r.image_id, r.boxes))
     with ahead as ready:
         for record in track(ready, len(records), "bbox: samples"):
             if len(record.boxes):
-                x, y, lab = _image_samples(inputs, cfg, rng, runtime, record)
-                features.append(x)
-                targets.append(y)
-                labels.append(lab)
+                _add_image_samples(inputs, cfg, pool5, systems, record)
             eta.advance()
-    if not features:
+    if not systems.counts.any():
         raise SppdetError("no ground-truth boxes in the training split: nothing to regress")
-    return np.concatenate(features), np.concatenate(targets), np.concatenate(labels)
 
 
-def _image_samples(
+def _add_image_samples(
     inputs: SplitInputs,
     cfg: BboxConfig,
-    rng: np.random.Generator,
-    runtime: Runtime,
+    pool5: Callable[[str, np.ndarray], np.ndarray],
+    systems: NormalEquations,
     record: ImageRecord,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """RECORD's samples (a seeded pick of at most ``max_samples_per_image``): pool5 features
-    (float16, on the host), their deltas and their classes."""
+) -> None:
     windows = image_windows(record, inputs.proposals(record.image_id), len(inputs.dataset.classes))
     rows = np.nonzero(windows.max_iou > cfg.min_iou)[0]
-    if len(rows) > cfg.max_samples_per_image:
-        rows = np.sort(rng.choice(rows, cfg.max_samples_per_image, replace=False))
     boxes = windows.boxes[rows]
-    gt = record.boxes[windows.gt_index[rows]]
-    pooled = window_features(inputs.cache, None, record.image_id, boxes, "pool5", runtime)
-    # float16 halves the memory of the sample matrix
-    return (
-        host(pooled).astype(np.float16),
-        encode_deltas(boxes, gt),
-        record.labels[windows.gt_index[rows]],
+    best = windows.gt_index[rows]
+    systems.add(
+        pool5(record.image_id, boxes), encode_deltas(boxes, record.boxes[best]), record.labels[best]
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from sppdet.detector.training.inputs import (
     up_to_date,
 )
 from sppdet.detector.training.prefetch import Prefetcher
+from sppdet.detector.training.report import MetricsLog
 from sppdet.detector.training.runtime import (
     ETA_WARMUP_ITEMS,
     EtaCheck,
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 SHORTER_FINETUNE = "--iterations N"  # the ETA warning's advice
 READ_AHEAD_ROUNDS = 1  # rounds whose maps are read while the current round trains
-DRIFT_WINDOWS = 512  # held-out windows the precision drift is measured on
+DRIFT_WINDOWS = 512  # windows (of every image) the precision drift is measured on
 
 
 def build_head(
@@ -108,14 +109,14 @@ def _finetune_fingerprint(
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """What ``run_finetune`` trained: the model file, its batches and held-out metrics."""
+    """What ``run_finetune`` trained: the model file, its batches and training metrics."""
 
     model: Path
     iterations: int
-    history: list[dict[str, float]]  # held-out metrics every ``log_every`` batches
+    history: list[dict[str, float]]  # every ``log_every`` batches (heads.finetune._log)
     origin: str  # where fc6/fc7 came from, and fc6's input scale when it is random
     data_wait_share: float = 0.0  # of the loop's time, spent waiting for conv5 maps
-    drift: PrecisionDrift | None = None  # with --precision bf16/fp16: held-out logits vs fp32
+    drift: PrecisionDrift | None = None  # with --precision bf16/fp16: logits vs fp32
 
 
 def run_finetune(
@@ -124,25 +125,34 @@ def run_finetune(
     cfg: FinetuneConfig,
     force: bool = False,
     runtime: Runtime | None = None,
+    tensorboard: str | Path | None = None,
 ) -> FinetuneResult | UpToDate:
     """Fine-tune fc6-fc8 on the runtime's device; resumes from WORK/models/finetune-partial.pt
-    when its inputs and settings match (else refused, naming the settings that differ)."""
+    when its inputs and settings match (else refused, naming the settings that differ). Each
+    history entry goes to WORK/reports/finetune.csv and, given a folder, to TENSORBOARD."""
     runtime = runtime or Runtime()
+    if not 0 <= cfg.holdout < 1:
+        raise SppdetError(
+            f"--holdout {cfg.holdout}: not a fraction of the images; give one in [0, 1), "
+            "e.g. 0.1, or 0 to train on every image"
+        )
     inputs.check_images()
     inputs.to(runtime.device)
     made = _finetune_fingerprint(inputs, cfg, runtime)
     key = fingerprint(made)
     if not force and up_to_date(work, "finetune", made):
         return UpToDate(work.model("finetune"))
+    metrics = MetricsLog(work, "finetune", step="iteration", tensorboard=tensorboard)
     head, origin = new_head(work, inputs, cfg)
     log.info("%s", origin)
     state, optimizer_state = TrainState(0, 0, []), None
     if work.model("finetune-partial").is_file() and not force:
         state, optimizer_state = _resume(work, head, made)
     table = _window_table(work, inputs, cfg)
-    final, wait_share = _train(
-        work, inputs, head, table, cfg, made, state, optimizer_state, runtime
-    )
+    with metrics.start(state.history, state.iteration):  # a resume keeps its checkpoint's rows
+        final, wait_share = _train(
+            work, inputs, head, table, cfg, made, state, optimizer_state, runtime, metrics.add
+        )
     drift = _drift(inputs, head, table, cfg, runtime)
     head.to("cpu")  # the saved model loads anywhere
     payload = {
@@ -219,6 +229,7 @@ def _train(
     state: TrainState,
     optimizer_state: dict[str, Any] | None,
     runtime: Runtime,
+    on_history: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[TrainState, float]:
     """The SGD loop from STATE on the runtime's device, checkpointed to
     WORK/models/finetune-partial.pt as it goes; returns the final state and the share of the
@@ -257,6 +268,7 @@ def _train(
             device=runtime.device,
             precision=runtime.precision,
             reader=reader,
+            on_history=on_history,
         )
     seconds = time.perf_counter() - clock.start
     share = reader.wait_seconds / seconds if reader is not None and seconds > 0 else 0.0
@@ -330,7 +342,7 @@ def _drift(
     inputs: SplitInputs, head: FcHead, table: WindowTable, cfg: FinetuneConfig, runtime: Runtime
 ) -> PrecisionDrift | None:
     """With mixed precision, how far the trained head's logits move from fp32 on a fixed
-    sample of windows (``DRIFT_WINDOWS``, the held-out sample when there is one)."""
+    sample of the windows of every image (``DRIFT_WINDOWS``)."""
     if runtime.precision == "fp32":
         return None
     images = np.arange(len(table.image_ids))

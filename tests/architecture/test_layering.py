@@ -53,7 +53,8 @@ ALLOWED: dict[str, set[str]] = {
     "heads": {"core", "data", "spp", "backbones"},
     "postprocess": {"core"},
     "evaluation": {"core", "cache", "data"},
-    "training": _BELOW_TRAINING | {"postprocess"},
+    # evaluation: train-svm's calibration judges held-out detections with the devkit's matching
+    "training": _BELOW_TRAINING | {"postprocess", "evaluation"},
     "detection": _BELOW_TRAINING | {"postprocess", "training", "evaluation"},
     "pretrain": {"core", "cache", "data", "spp", "backbones", "heads", "features", "evaluation"},
     # The trained model as one object (Detector, the model file, ONNX export): above detection.

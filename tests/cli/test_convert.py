@@ -55,7 +55,7 @@ def convert_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
         str(files["fc.caffemodel"]),
         "--arch",
         "zf5",
-        "--out",
+        "--output",
         str(out),
         *extra,
     ]
@@ -134,7 +134,7 @@ def test_a_layer_without_its_blobs(tmp_path: Path, capsys: pytest.CaptureFixture
     blobs["conv4"] = blobs["conv4"][:1]
     prototxt, caffemodel = write_net(tmp_path, "zf5", trunk, blobs, "V1")
     args = ["convert-caffe", "--prototxt", str(prototxt), "--caffemodel", str(caffemodel)]
-    assert run_app([*args, "--arch", "zf5", "--out", str(tmp_path / "x.pt")]) == 2
+    assert run_app([*args, "--arch", "zf5", "--output", str(tmp_path / "x.pt")]) == 2
     assert "zf5.caffemodel: layer 'conv4' has 1 of its 2 blobs" in one_line_error(capsys)
 
 
@@ -142,7 +142,7 @@ def test_a_prototxt_of_another_net(tmp_path: Path, capsys: pytest.CaptureFixture
     layers = alexnet_net(8)
     prototxt, caffemodel = write_net(tmp_path, "rcnn", layers, random_blobs(layers, 1), "V1")
     args = ["convert-caffe", "--prototxt", str(prototxt), "--caffemodel", str(caffemodel)]
-    assert run_app([*args, "--arch", "zf5", "--out", str(tmp_path / "x.pt")]) == 2
+    assert run_app([*args, "--arch", "zf5", "--output", str(tmp_path / "x.pt")]) == 2
     err = one_line_error(capsys)
     assert "rcnn.prototxt: layer 'conv1' is a 11x11 convolution, stride 4, pad 0" in err
     assert "where ZF-5 has a 7x7 convolution, stride 2, pad 1, 96 outputs (conv1)" in err

@@ -83,7 +83,7 @@ def test_run_and_demo_run_their_stages_on_the_device_asked(tmp_path, meta_device
     _ran_on_meta(run, meta_device)
     assert WorkDir.at(work).features("test").is_dir()  # the cache was built, on the CPU
     meta_device.clear()
-    _ran_on_meta(["demo", "--out", str(tmp_path / "demo"), "--images", "4"], meta_device)
+    _ran_on_meta(["demo", "--out", str(tmp_path / "demo"), "--num-images", "4"], meta_device)
 
 
 def test_combine_runs_its_nms_on_the_device_asked(trained, meta_device, tmp_path) -> None:  # type: ignore[no-untyped-def]

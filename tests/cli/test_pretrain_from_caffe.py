@@ -56,11 +56,11 @@ def pretrain_args(tree: Path, weights: Path, out: Path, *extra: str) -> list[str
         TINY_LR,
         "--batch-size",
         "8",
-        "--workers",
+        "--loader-threads",
         "0",
         "--device",
         "cpu",
-        "--out",
+        "--output",
         str(out),
         *extra,
     ]
@@ -83,7 +83,8 @@ def test_pretrain_continues_from_a_converted_spp_net(
     converted = tmp_path / "converted.pt"
     args = ["convert-caffe", "--prototxt", str(conv[0]), "--caffemodel", str(conv[1])]
     args += ["--prototxt", str(fc[0]), "--caffemodel", str(fc[1])]
-    assert run_app([*args, "--arch", "zf5", "--out", str(converted), "--pyramid", "6,3,2,1"]) == 0
+    args += ["--arch", "zf5", "--output", str(converted)]
+    assert run_app([*args, "--pyramid", "6,3,2,1"]) == 0
     capsys.readouterr()
 
     out = tmp_path / "continued.pt"
@@ -119,7 +120,7 @@ def test_pretrain_takes_the_backbone_from_a_converted_rcnn_net(
     prototxt, caffemodel = write_net(tmp_path, "rcnn", layers, blobs, "V1", (1, 3, 227, 227))
     converted = tmp_path / "caffenet.pt"
     args = ["convert-caffe", "--prototxt", str(prototxt), "--caffemodel", str(caffemodel)]
-    assert run_app([*args, "--arch", "alexnet", "--out", str(converted)]) == 0
+    assert run_app([*args, "--arch", "alexnet", "--output", str(converted)]) == 0
     capsys.readouterr()
 
     out = tmp_path / "continued.pt"

@@ -19,7 +19,7 @@ from sppdet.cache.atomic import read_json
 from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
-from sppdet.detector.core.config import ProposalConfig
+from sppdet.detector.core.config import preset
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.proposals.stage import run_proposals
 from sppdet.proposals.store import open_proposals
@@ -145,7 +145,7 @@ def test_ctrl_c_then_rerun_gives_the_uninterrupted_bytes(tmp_path: Path) -> None
     assert subprocess.run(command, capture_output=True, env=env).returncode == 0
     clean = tmp_path / "clean"
     run_proposals(
-        load_dataset(voc, "trainval"), WorkDir.at(clean), ProposalConfig(),
+        load_dataset(voc, "trainval"), WorkDir.at(clean), preset("released").proposals,
         progress=False,
     )  # fmt: skip
     assert file_digests(root) == file_digests(clean / "proposals" / "trainval")
@@ -169,7 +169,19 @@ def test_coco_json_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         json.dumps({"images": images, "annotations": annotations, "categories": categories})
     )
     work = tmp_path / "w"
-    assert _propose(data, work, "--method", "ss-fast") == 0
-    assert run_app(["propose-recall", "--data", str(data), "--work", str(work)]) == 0
+    assert _propose(data, work, "--method", "ss-fast", "--split", "val") == 0
+    recall = ["propose-recall", "--data", str(data), "--work", str(work), "--split", "val"]
+    assert run_app(recall) == 0
     report = read_json(work / "reports" / "recall.json")["val"]  # a COCO file's split is its name
     assert report["images"] == 3 and report["gt_boxes"] == 4 and report["recall"]["0.7"] == 1.0
+    # The JSON elsewhere than its images: --images names their folder, and without it the
+    # missing images are refused before any work (no store is started).
+    elsewhere = tmp_path / "annotations" / "val.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(data.read_text())
+    capsys.readouterr()
+    assert _propose(elsewhere, tmp_path / "w2", "--split", "val", "--max-boxes", "50") == 2
+    assert "missing" in capsys.readouterr().err
+    assert not (tmp_path / "w2" / "proposals" / "val").exists()
+    extra = ("--split", "val", "--images", str(folder), "--max-boxes", "50")
+    assert _propose(elsewhere, tmp_path / "w2", *extra) == 0

@@ -12,16 +12,23 @@ import torch
 
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
+from sppdet.detector.backbones.weights import load_backbone
 from sppdet.detector.bench import (
     PARTS,
+    Bench,
     ImageBench,
     PrecisionCheck,
     Timer,
     _mean_check,
     bench_windows,
+    bounds,
     make_bench,
+    part_macs,
+    run_bench,
     speedups,
     spp_pool5,
+    spp_shares,
+    trunk_macs,
 )
 from sppdet.detector.core.config import FeatureConfig, preset
 from sppdet.detector.data.datasets import load_dataset
@@ -29,6 +36,7 @@ from sppdet.detector.data.images import read_image
 from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.features.reader import FeatureCache
 from sppdet.detector.features.writer import cache_features
+from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.spp import native as spp_native
 
 load_commands()
@@ -63,6 +71,81 @@ def test_speedups_by_hand() -> None:
     assert ratios["conv_fc_5_scale"] == pytest.approx(11.0 / 1.4)
 
 
+def zf5_macs(height: int, width: int) -> int:
+    """ZF-5's multiply-adds by hand: output cells x output channels x fan-in, per conv (SPEC.md:
+    conv1 7x7/2 pad 1, pool 3/2 ceil, conv2 5x5/2, pool 3/2 ceil, conv3-5 3x3 pad 1)."""
+
+    def pool(a: int) -> int:
+        return -(-(a - 3) // 2) + 1
+
+    h1, w1 = (height + 2 - 7) // 2 + 1, (width + 2 - 7) // 2 + 1
+    h2, w2 = (pool(h1) - 5) // 2 + 1, (pool(w1) - 5) // 2 + 1
+    h3, w3 = pool(h2), pool(w2)
+    conv3_5 = 384 * 256 * 9 + 384 * 384 * 9 + 256 * 384 * 9
+    return h1 * w1 * 96 * 3 * 49 + h2 * w2 * 256 * 96 * 25 + h3 * w3 * conv3_5
+
+
+def test_multiply_adds_by_hand() -> None:
+    assert zf5_macs(224, 224) == 1_109_410_944  # 1.11 G per R-CNN window (BENCHMARKS.md)
+    cfg = preset("released")
+    cfg = dataclasses.replace(
+        cfg,
+        features=dataclasses.replace(cfg.features, max_size=2000),
+        bench=dataclasses.replace(cfg.bench, one_scale=(96,), five_scales=(64, 96), svm_classes=3),
+    )
+    torch.manual_seed(0)
+    head = FcHead(12800, 24, 2, 0.0).compressed((5, 7))
+    bench = Bench(load_backbone("zf5", "random"), head, torch.randn(3, 24), cfg, "cpu", "fp32")
+    assert trunk_macs(bench, 224, 224) == zf5_macs(224, 224)
+    assert trunk_macs(bench, 100, 161) == zf5_macs(100, 161)
+    macs = part_macs(bench, height=90, width=120, windows=10, warp=224)
+    fc = 5 * (12800 + 24) + 7 * (24 + 24)  # rank x (in + out), fc6 then fc7
+    # 90 x 120 resized to a shorter side of 96: 96 x 128; of 64: 64 x 85 (85.3 rounded)
+    assert macs == {
+        "proposals": 0,
+        "rcnn_conv": 10 * zf5_macs(224, 224),
+        "rcnn_fc": 10 * fc,
+        "spp_conv_1": zf5_macs(96, 128),
+        "spp_pool_1": 0,
+        "spp_conv_5": zf5_macs(64, 85) + zf5_macs(96, 128),
+        "spp_pool_5": 0,
+        "spp_fc": 10 * fc,
+        "svm": 10 * 24 * 3,
+        "nms": 0,
+    }
+    work = speedups({part: float(v) for part, v in macs.items()})
+    assert work["conv_fc_1_scale"] == pytest.approx(
+        (10 * zf5_macs(224, 224) + 10 * fc) / (zf5_macs(96, 128) + 10 * fc)
+    )
+
+
+def test_bounds_by_hand() -> None:
+    per_image = dict.fromkeys(PARTS, 0.0)
+    per_image.update(
+        rcnn_conv=50.0, rcnn_fc=1.0, spp_conv_1=0.2, spp_pool_1=0.05, spp_conv_5=2.0,
+        spp_pool_5=0.1, spp_fc=1.0,
+    )  # fmt: skip
+    macs = dict.fromkeys(PARTS, 0.0)
+    macs.update(rcnn_conv=2000.0, rcnn_fc=100.0, spp_conv_1=16.0, spp_conv_5=100.0, spp_fc=100.0)
+    # 1 scale: SPP convolves at 16 / 0.2 = 80 per second and runs fc at 100 per second, so
+    # R-CNN would take 2000 / 80 = 25 s of convolutions and 100 / 100 = 1 s of fc.
+    got = bounds(per_image, macs)
+    assert got["conv_1_scale"] == pytest.approx(25.0 / 0.25)
+    assert got["conv_fc_1_scale"] == pytest.approx(26.0 / 1.25)
+    assert got["conv_5_scale"] == pytest.approx((2000.0 / 50.0) / 2.1)  # 50 per second
+    assert got["conv_fc_5_scale"] == pytest.approx(41.0 / 3.1)
+
+
+def test_shares_of_the_spp_side() -> None:
+    per_image = dict.fromkeys(PARTS, 0.0)
+    per_image.update(spp_conv_1=0.3, spp_pool_1=0.1, spp_fc=0.6, svm=0.5, nms=0.5)
+    assert spp_shares(per_image, "conv", "1") == pytest.approx(
+        {"spp_conv_1": 0.75, "spp_pool_1": 0.25}
+    )
+    assert spp_shares(per_image, "conv_fc", "1")["spp_fc"] == pytest.approx(0.6)
+    assert spp_shares(per_image, "detect", "1")["nms"] == pytest.approx(0.25)
+
+
 def test_mean_check_takes_the_worst_maxima_and_the_mean_of_the_rest() -> None:
     a = PrecisionCheck(0.5, 0.1, 2.0, 0.25, 1.0)
     b = PrecisionCheck(0.125, 0.3, 4.0, 0.75, 0.5)
@@ -73,7 +156,9 @@ def test_mean_check_takes_the_worst_maxima_and_the_mean_of_the_rest() -> None:
 def test_image_json_has_a_check_with_mixed_precision_only() -> None:
     seconds = dict.fromkeys(PARTS, 0.5)
     plain = ImageBench("img1", 24, 7, seconds, None).to_json()
-    assert plain == {"windows": 24, "proposals": 7, "image_id": "img1", "seconds": seconds}
+    assert plain == {
+        "windows": 24, "proposals": 7, "image_id": "img1", "seconds": seconds, "macs": {}
+    }  # fmt: skip
     check = PrecisionCheck(0.5, 0.1, 2.0, 0.25, 1.0)
     mixed = ImageBench("img1", 24, 7, seconds, check).to_json()
     assert mixed["check"] == {
@@ -110,7 +195,8 @@ def test_bench_spp_features_equal_the_pipeline_cache(data: Path, tmp_path: Path)
 
 def test_cli_reports_every_part_and_the_precision_check(data: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bench.json"
-    args = ["bench", "--data", str(data), "--images", "2", "--windows", "24", "--out", str(out)]
+    args = ["bench", "--data", str(data), "--num-images", "2", "--windows", "24"]
+    args += ["--report", str(out), "--preset", "quick-cpu"]
     scales = ["--one-scale", "96", "--five-scales", "64,80,96,112,128", "--precision", "bf16"]
     assert run_app([*args, *scales]) == 0
     report = json.loads(out.read_text())
@@ -121,17 +207,48 @@ def test_cli_reports_every_part_and_the_precision_check(data: Path, tmp_path: Pa
     assert sorted(report) == sorted([
         "backbone", "weights", "device", "device_name", "threads", "precision", "pooling",
         "windows", "one_scale", "five_scales", "proposal_method", "images", "per_image",
-        "speedup", "check",
+        "speedup", "check", "fc_rank", "macs", "gflops", "work_ratio", "bound", "detect",
     ])  # fmt: skip
     assert report["one_scale"] == [96] and report["five_scales"] == [64, 80, 96, 112, 128]
+    assert report["fc_rank"] is None
+    assert report["macs"]["spp_fc"] == 24 * (12800 * 1024 + 1024 * 1024)  # quick-cpu's head
+    assert report["work_ratio"] == pytest.approx(speedups(report["macs"]))
+    assert report["bound"] == pytest.approx(bounds(report["per_image"], report["macs"]))
+    for part, rate in report["gflops"].items():
+        assert rate == pytest.approx(2e-9 * report["macs"][part] / report["per_image"][part])
+    parts = ("spp_conv_1", "spp_pool_1", "spp_fc", "svm", "nms")
+    assert report["detect"]["1"] == pytest.approx(sum(report["per_image"][p] for p in parts))
     for image in report["images"]:
-        assert sorted(image) == ["check", "image_id", "proposals", "seconds", "windows"]
+        assert sorted(image) == ["check", "image_id", "macs", "proposals", "seconds", "windows"]
         assert set(image["seconds"]) == set(PARTS)
     assert report["pooling"] == (["native"] if spp_native.built() else ["torch"])  # CPU maps
     check = report["check"]
     assert 0 < check["spp_max_abs_score_diff"] < check["score_std"]  # bf16 moves scores a little
     assert 0.0 <= check["same_detections"] <= 1.0
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # as one line, however rich wrapped it
     assert "speed-up over R-CNN, SPP 1 scale" in printed and "bf16 against fp32" in printed
-    assert run_app([*args, "--images", "0"]) == 2
+    assert "work ratio" in printed and "bound by" in printed
+    assert "detect without proposals (SPP conv, pooling, fc6-fc7, SVMs, NMS; full" in printed
+    assert run_app([*args, "--num-images", "0"]) == 2
     assert "--images 0" in capsys.readouterr().err
+    assert run_app([*args, "--fc-rank", "64"]) == 2
+    assert "--fc-rank '64': give two ranks" in capsys.readouterr().err
+    assert run_app([*args, "--fc-rank", "2000,8"]) == 2  # the ranks reach the head
+    assert "--fc-rank 2000 for fc6 (1024 x 12800)" in capsys.readouterr().err
+
+
+def test_bench_with_truncated_fc_layers(data: Path) -> None:
+    cfg = preset("released")
+    cfg = dataclasses.replace(
+        cfg,
+        finetune=dataclasses.replace(cfg.finetune, fc_dim=48),
+        bench=dataclasses.replace(
+            cfg.bench, images=1, windows=8, one_scale=(64,), five_scales=(48, 64)
+        ),
+    )
+    dataset = load_dataset(data, "test")
+    features = FeatureConfig(device="cpu")
+    report = run_bench(dataset, features, cfg, fc_rank=(8, 4), progress=False)
+    assert report.fc_rank == (8, 4)
+    assert report.macs["rcnn_fc"] == report.macs["spp_fc"] == 8 * (8 * (12800 + 48) + 4 * 96)
+    assert report.work_ratio == pytest.approx(speedups(report.macs))

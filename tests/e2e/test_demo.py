@@ -24,4 +24,4 @@ def test_demo_runs_every_stage_and_keeps_its_map(tmp_path: Path) -> None:
         "finetune", "train-svm", "train-bbox", "detect", "evaluate",
     ])  # fmt: skip
     assert report["map"] >= DEMO_MAP_FLOOR
-    assert len(list((tmp_path / "demo" / "drawings").glob("*.png"))) == 6
+    assert len(list((tmp_path / "demo" / "drawings").glob("*.jpg"))) == 6  # the input's format

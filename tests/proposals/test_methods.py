@@ -27,12 +27,14 @@ from sppdet.proposals.methods import (
 )
 from sppdet.proposals.ranking import finalize
 from sppdet.proposals.selective_search import selective_search
+from sppdet.proposals.selective_search_rcnn import selective_search_rcnn
 from sppdet.proposals.stage import run_proposals
 from sppdet.proposals.store import open_proposals
 from tests.scenes import tiny_voc_tree
 
 # The settings each method reads, spelled out here rather than taken from the library.
 SS = ["ss_max_side", "ss_base_k", "ss_inc_k", "ss_sigma", "ss_min_region", "ss_rank_seed"]
+SSR = ["ss_rcnn_width", "ss_rcnn_enlarge", "ss_rcnn_ks", "ss_sigma", "ss_rank_seed"]
 EB = ["eb_max_side", "eb_alpha", "eb_beta", "eb_min_score", "eb_max_aspect_ratio",
       "eb_min_box_area", "eb_edge_merge_thr", "eb_cluster_min_mag"]  # fmt: skip
 EDGES = ["edge_sigmas", "edge_norm_radius", "edge_percentile", "edge_gamma"]
@@ -44,17 +46,19 @@ EXPECTED_KEYS = {
     ("ss-quality", False): [*HEAD, *SS, *TAIL],
     ("edgeboxes", False): [*HEAD, *EB, *EDGES, "edges", *TAIL],
     ("edgeboxes", True): [*HEAD, *EB, "edges", *TAIL],
-    ("ss+eb", False): [*HEAD, *SS, *EB, *EDGES, "edges", *TAIL],
-    ("ss+eb", True): [*HEAD, *SS, *EB, "edges", *TAIL],
+    ("ss+eb", False): [*HEAD, *SSR, *EB, *EDGES, "edges", *TAIL],
+    ("ss+eb", True): [*HEAD, *SSR, *EB, "edges", *TAIL],
+    ("ss-rcnn", False): [*HEAD, *SSR, *TAIL],
 }
-# Fingerprints of the default settings (built-in edges, OpenCV 5.0.0) recorded before the method
-# table replaced the if/else dispatch: stores made before and after must match.
+# Fingerprints of the then default settings (min_side 20, built-in edges, OpenCV 5.0.0) recorded
+# before the method table replaced the if/else dispatch: stores made before and after must match.
 RECORDED_FINGERPRINTS = {
     "ss-fast": "cfc835edb5ff7882",
     "ss-quality": "6fbe1d1fc81fb710",
     "edgeboxes": "f6aa04880b24b8ba",
-    "ss+eb": "28dbd4c168e17f38",
 }
+# ss+eb's, which must change: its boxes are now ss-rcnn's list then EdgeBoxes' (algorithm 2).
+OLD_SS_PLUS_EB_FINGERPRINT = "28dbd4c168e17f38"
 NOT_PER_METHOD = {"method", "shard_size"}  # the method's name itself; the store's layout
 
 
@@ -95,7 +99,7 @@ GRID_BOXES_160x120 = [
 
 
 def test_unknown_methods_are_refused_in_one_line_naming_the_known_ones(scene: np.ndarray) -> None:
-    known = "choose one of ss-fast, ss-quality, edgeboxes, ss+eb"
+    known = "choose one of ss-fast, ss-quality, edgeboxes, ss+eb, ss-rcnn"
     message = f"unknown proposal method 'slow-search': {known}"
     with pytest.raises(SppdetError, match=re.escape(message)) as info:
         proposal_method("slow-search")
@@ -108,7 +112,7 @@ def test_unknown_methods_are_refused_in_one_line_naming_the_known_ones(scene: np
 
 
 def test_the_table_names_each_methods_function_and_edge_use(scene: np.ndarray) -> None:
-    assert list(METHODS) == ["ss-fast", "ss-quality", "edgeboxes", "ss+eb"]
+    assert list(METHODS) == ["ss-fast", "ss-quality", "edgeboxes", "ss+eb", "ss-rcnn"]
     assert all(proposal_method(name).name == name for name in METHODS)
     assert edge_methods() == ["edgeboxes", "ss+eb"]
     cfg = ProposalConfig()
@@ -117,6 +121,7 @@ def test_the_table_names_each_methods_function_and_edge_use(scene: np.ndarray) -
         "ss-quality": selective_search(scene, cfg, quality=True),
         "edgeboxes": edge_boxes(scene, cfg),
         "ss+eb": selective_search_and_edge_boxes(scene, cfg),
+        "ss-rcnn": selective_search_rcnn(scene, cfg),
     }
     for name, boxes in direct.items():
         assert len(boxes) > 0
@@ -127,9 +132,10 @@ def test_the_table_names_each_methods_function_and_edge_use(scene: np.ndarray) -
 @pytest.mark.parametrize("shape", [(1, 1), (12, 9), (40, 18)])
 def test_tiny_images_give_no_boxes_or_valid_ones(method: str, shape: tuple[int, int]) -> None:
     rgb = np.random.default_rng(0).integers(0, 255, (*shape, 3)).astype(np.uint8)
-    boxes = propose(rgb, ProposalConfig(method=method))
+    cfg = ProposalConfig(method=method)
+    boxes = propose(rgb, cfg)
     assert boxes.shape[1] == 4
-    assert len(boxes) == 0 or (boxes[:, 2] - boxes[:, 0] + 1).min() >= 20
+    assert len(boxes) == 0 or (boxes[:, 2] - boxes[:, 0] + 1).min() >= cfg.min_side
 
 
 @pytest.mark.parametrize(("method", "with_model"), list(EXPECTED_KEYS))
@@ -150,10 +156,15 @@ def test_each_fingerprint_holds_exactly_its_methods_settings(
         assert moved == (field.name in params), field.name
 
 
-def test_default_fingerprints_match_the_ones_recorded_before_the_table() -> None:
+def test_fingerprints_match_the_ones_recorded_before_the_table() -> None:
+    def recorded_settings(method: str) -> str:
+        cfg = ProposalConfig(method=method, min_side=20)
+        return fingerprint({**method_params(cfg), "opencv": "5.0.0"})
+
     for method, recorded in RECORDED_FINGERPRINTS.items():
-        params = {**method_params(ProposalConfig(method=method)), "opencv": "5.0.0"}
-        assert fingerprint(params) == recorded, method
+        assert recorded_settings(method) == recorded, method
+    assert recorded_settings("ss+eb") != OLD_SS_PLUS_EB_FINGERPRINT
+    assert method_params(ProposalConfig(method="ss+eb"))["algorithm_version"] == 2
 
 
 def test_every_setting_is_in_some_methods_fingerprint(edge_model: Path) -> None:

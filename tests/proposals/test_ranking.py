@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sppdet.proposals.ranking import finalize, hierarchy_rank_keys, interleave_keys, storage_dtype
+from sppdet.proposals.ranking import finalize, hierarchy_rank_keys, storage_dtype
 
 # ------------------------------------------------------------------------------- ranking
 
@@ -43,12 +43,6 @@ def test_hierarchy_rank_keys_are_rnd_times_area_rank_and_ignore_input_order() ->
     both = hierarchy_rank_keys([group, group[:2]], seed=7)
     np.testing.assert_allclose(both[:4], expected)
     assert not np.allclose(both[4:], expected[:2])
-
-
-def test_interleave_keys_alternate_lists() -> None:
-    keys = interleave_keys([3, 2])
-    merged_order = np.argsort(keys, kind="stable")
-    np.testing.assert_array_equal(merged_order, [0, 3, 1, 4, 2])  # a0 b0 a1 b1 a2
 
 
 def test_storage_dtype() -> None:

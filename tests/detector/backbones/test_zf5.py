@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
+from torch.nn import functional as F
 
-from sppdet.detector.backbones.trunk import build_trunk
-from sppdet.detector.backbones.zf5 import WithinChannelLRN
+from sppdet.detector.backbones.trunk import build_trunk, to_device
+from sppdet.detector.backbones.zf5 import LRN_ALPHA, LRN_BETA, WithinChannelLRN
 
 
 def test_within_channel_lrn_formula():
@@ -24,6 +26,63 @@ def test_within_channel_lrn_formula():
     got = WithinChannelLRN()(torch.from_numpy(x)).numpy()
     assert np.allclose(got, want, rtol=1e-12, atol=0)
     assert not np.allclose(got, x)  # 40-sized activations are visibly normalised
+
+
+def old_lrn(x: torch.Tensor, alpha: float = LRN_ALPHA, beta: float = LRN_BETA) -> torch.Tensor:
+    """The LRN as it was before issue 20: the plain expression, pow and all."""
+    mean_sq = F.avg_pool2d(x * x, 3, 1, 1, count_include_pad=True)
+    return x * (1.0 + alpha * mean_sq).pow(-beta)
+
+
+def _activations(channels_last: bool) -> torch.Tensor:
+    """ReLU outputs up to 2,000 (the LRN's denominator then spans 1 to several hundred)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(2, 8, 30, 41, generator=g)) * torch.rand(1, 8, 1, 1, generator=g)
+    x = x * 2000
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_without_autograd_is_the_old_one_within_float32_rounding(channels_last: bool) -> None:
+    x = _activations(channels_last)
+    with torch.inference_mode():
+        got = WithinChannelLRN()(x)
+        want = old_lrn(x)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # The power as sqrt(rsqrt(d)^3) is within 5u of the exact one and pow within 2u, and the
+    # products with x round once each: at most 9u apart (WithinChannelLRN's docstring).
+    u = 2.0**-24
+    assert ((got.double() - want.double()).abs() <= 9 * u * want.double().abs()).all()
+    assert not torch.equal(got, want)  # the square roots are in use
+    assert float((1 + LRN_ALPHA * F.avg_pool2d(x * x, 3, 1, 1)).max()) > 100  # a wide range
+
+
+def test_lrn_under_autograd_and_other_betas_is_the_old_one_to_the_bit() -> None:
+    x = _activations(False)
+    leaf = x.clone().requires_grad_(True)
+    out = WithinChannelLRN()(leaf)
+    assert torch.equal(out.detach(), old_lrn(x))
+    out.sum().backward()  # the plain expression keeps what its gradient needs
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    with torch.inference_mode():
+        assert torch.equal(WithinChannelLRN(beta=0.5)(x), old_lrn(x, beta=0.5))
+        half = x.to(torch.bfloat16)
+        assert torch.equal(WithinChannelLRN()(half), old_lrn(half))
+
+
+def test_trunk_on_the_cpu_runs_channels_last_with_the_same_maps() -> None:
+    trunk = build_trunk("zf5").eval()
+    x = torch.randn(1, 3, 150, 190, generator=torch.Generator().manual_seed(1)) * 60
+    with torch.inference_mode():
+        planar = trunk(x)
+        fast = to_device(build_trunk("zf5"), torch.device("cpu"))(x)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    # oneDNN reduces each conv's fan-in (at most 384 * 3 * 3 = 3,456 products) in another order
+    # for channels-last maps: about sqrt(3,456) * eps = 59 eps per layer, five layers, plus the
+    # LRNs' 9u; a factor of 4 to spare, relative to the map's largest value.
+    eps = torch.finfo(torch.float32).eps
+    tol = 4 * (5 * 59 + 2 * 9) * eps * float(planar.abs().max())
+    torch.testing.assert_close(fast, planar, rtol=0, atol=tol)
 
 
 def caffe_zf5_side(a: int) -> int:

@@ -71,8 +71,17 @@ def test_demo_preset_is_quick_cpu_with_a_300_batch_finetuning() -> None:
 def test_default_sections_keep_their_fingerprints() -> None:
     """Constants named outside the sections (fc6's and the regressors' norm samples) must not
     enter the models' fingerprints: these are the values before they were named."""
-    assert fingerprint(as_dict(FinetuneConfig())) == "943fb1c6ed6c956c"
-    assert fingerprint(as_dict(BboxConfig())) == "10c53afacd68b59a"
+    # Issue 16: --holdout (off) and the released bias learning rate: a new fingerprint.
+    assert fingerprint(as_dict(FinetuneConfig())) == "16ac0ac6e3552540"
+    # Issue 16: every sample (no per-image cap) and the SVMs' norm sample size: a new fingerprint.
+    assert fingerprint(as_dict(BboxConfig())) == "babb9a612edebe1b"
+
+
+def test_a_retired_setting_recorded_by_an_older_version_is_dropped() -> None:
+    recorded = {**as_dict(BboxConfig()), "max_samples_per_image": 32}
+    assert section_from_dict(BboxConfig, recorded, "settings.json", "fix") == BboxConfig()
+    with pytest.raises(SppdetError, match="unknown BboxConfig settings typo_setting"):
+        section_from_dict(BboxConfig, {"typo_setting": 1}, "settings.json", "fix")
 
 
 def test_section_from_dict_rebuilds_a_recorded_section() -> None:

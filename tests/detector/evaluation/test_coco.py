@@ -73,7 +73,43 @@ def test_coco_against_coco_json_ground_truth(tmp_path):
     coco_dataset = load_coco(gt_path)
     results = write_coco_results(tmp_path / "r.json", coco_dataset, _gt_detections(coco_dataset))
     assert json.loads(results.read_text())[0]["image_id"] == 1  # integer ids for COCO data
-    assert evaluate_coco(gt_path, results).stats[0] == pytest.approx(1.0)
+    assert evaluate_coco(gt_path, results, "gt").stats[0] == pytest.approx(1.0)
+
+
+def test_results_may_name_voc_images_by_their_id_or_by_detects_integer_id(tmp_path):
+    root = write_tree(tmp_path / "voc")
+    dataset = load_voc(root, "test")
+    written = write_coco_results(tmp_path / "r.json", dataset, _gt_detections(dataset))
+    entries = json.loads(written.read_text())
+    assert sorted({e["image_id"] for e in entries}) == [1, 2]  # 000001, 000002 in split order
+    by_voc_id = [{**e, "image_id": f"00000{e['image_id']}"} for e in entries]
+    (tmp_path / "voc_ids.json").write_text(json.dumps(by_voc_id))
+    for results in (written, tmp_path / "voc_ids.json"):
+        assert evaluate_coco(root, results, "test").stats[0] == pytest.approx(1.0)
+
+
+def test_counts_and_the_ap50_curve_of_one_hit_one_miss_and_one_false_positive(tmp_path):
+    # Two cats (one per image); found: the first (score 0.9), and a box on no cat (0.8).
+    root = tmp_path / "voc"
+    cats = {"1": (10, 10, 29, 29), "2": (40, 40, 59, 59)}
+    for image_id, box in cats.items():
+        write_voc_image(
+            root, image_id, np.zeros((80, 80, 3), np.uint8), [SyntheticObject("cat", box)]
+        )
+    write_voc_split(root, "test", list(cats))
+    dataset = load_voc(root, "test")
+    found = {"cat": dets([("1", 0.9, cats["1"]), ("2", 0.8, (0, 0, 9, 9))])}
+    coco = evaluate_coco(root, write_coco_results(tmp_path / "r.json", dataset, found), "test")
+    assert (coco.true_positives, coco.false_positives, coco.npos) == (
+        {"cat": 1},
+        {"cat": 1},
+        {"cat": 2},
+    )
+    # Precision 1 up to recall 1/2 (COCO's points 0 .. 0.5: 51 of them), none beyond.
+    expected = np.where(np.linspace(0, 1, 101) <= 0.5 + 1e-9, 1.0, 0.0)
+    # COCOeval divides by tp + fp + np.spacing(1): precision 1 comes out 1 - 2.2e-16
+    np.testing.assert_allclose(coco.precision["cat"], expected, rtol=0, atol=4 * np.spacing(1))
+    np.testing.assert_allclose(coco.recall_points, np.linspace(0, 1, 101))
 
 
 def test_coco_results_with_unknown_image_or_category(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from sppdet.cache.shards import ShardedStore
-from sppdet.detector.backbones.trunk import build_trunk
+from sppdet.detector.backbones.trunk import build_trunk, to_device
 from sppdet.detector.backbones.zf5 import ZF5_PREPROCESSING
 from sppdet.detector.data.images import read_image
 from sppdet.detector.features.conv5 import conv5_name, resized_size
@@ -27,7 +27,7 @@ def test_stored_maps_are_the_trunk_outputs(voc, built):
     work, stats = built
     assert (stats.images, stats.computed) == (5, 5)
     store = ShardedStore.open(work.features("trainval"), "features", "sppdet cache-features")
-    trunk = build_trunk("zf5").eval()
+    trunk = to_device(build_trunk("zf5"), torch.device("cpu"))  # as cache-features runs it
     image = read_image(voc / "JPEGImages" / "im03.png")  # 40x200: capped at both scales
     for k, scale in enumerate(CONFIG.scales):
         h, w = resized_size(40, 200, scale, 300)

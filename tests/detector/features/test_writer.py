@@ -140,7 +140,7 @@ def test_writer_failure_propagates_and_drops_the_shard(voc, tmp_path, monkeypatc
 
 
 def test_float32_storage_and_timing_breakdown(voc, tmp_path):
-    config = FeatureConfig(scales=(100,), dtype="float32", shard_size=5, device="cpu")
+    config = FeatureConfig(scales=(100,), dtype="float32", flip=False, shard_size=5, device="cpu")
     stats = cache_features(load_voc(voc, "trainval"), tmp_path, config, progress=False)
     store = ShardedStore.open(stats.root, "features", "sppdet cache-features")
     assert store.get("im01", "conv5_s0").dtype == np.float32

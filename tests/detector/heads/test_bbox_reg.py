@@ -6,7 +6,13 @@ import numpy as np
 from sklearn.linear_model import Ridge
 
 from sppdet.detector.core.boxes import encode_deltas
-from sppdet.detector.heads.bbox_reg import fit_box_regressor, ridge, whitening
+from sppdet.detector.heads.bbox_reg import (
+    WHITEN_EPS,
+    NormalEquations,
+    fit_box_regressor,
+    ridge,
+    whitening,
+)
 
 
 def test_ridge_primal_and_dual_agree_with_sklearn() -> None:
@@ -54,3 +60,46 @@ def test_apply_moves_boxes_toward_their_targets() -> None:
     model = fit_box_regressor(features, targets, np.zeros(300, int), num_classes=1, lam=1.0)
     moved = model.apply(proposals, features, np.zeros(300, int))
     assert np.abs(moved - gt).mean() < 0.3 * np.abs(proposals - gt).mean()
+
+
+def _stacked_ridge(x: np.ndarray, targets: np.ndarray, lam: float) -> tuple[np.ndarray, ...]:
+    """The released fit on stacked samples X [N, D] (scaled, float64), written out with numpy:
+    centre and whiten the targets (eigenvalues + 1e-3), append the bias 1, solve the normal
+    equations. Returns (weights [D + 1, 4], mean, the system's matrix)."""
+    mean = targets.mean(axis=0)
+    centred = targets - mean
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(centred))
+    whiten = vectors @ np.diag((values + WHITEN_EPS) ** -0.5) @ vectors.T
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    a = xb.T @ xb + lam * np.eye(xb.shape[1])
+    return np.linalg.solve(a, xb.T @ (centred @ whiten)), mean, a
+
+
+def test_normal_equations_equal_the_stacked_solve() -> None:
+    rng = np.random.default_rng(4)
+    dim, scale, lam, block = 6, 0.7, 1.0, 16
+    systems = NormalEquations(3, dim, scale, block)
+    parts = []
+    for _ in range(30):  # images of uneven sample counts, float32 features >= 0 like pool5
+        n = int(rng.integers(0, 9))
+        feats = rng.uniform(0, 1, (n, dim)).astype(np.float32)
+        labels = rng.choice(3, n, p=[0.75, 0.2, 0.05])
+        targets = rng.normal(0, 0.2, (n, 4)) + [0.05, -0.02, 0.1, 0.0]
+        systems.add(feats, targets, labels)
+        parts.append((feats, targets, labels))
+        # memory stays bounded: at most D + 1 rows, or a block beside XᵀX
+        assert all(systems.held_rows(k) < max(block, dim + 1) for k in range(3))
+    feats, targets, labels = (np.concatenate(p) for p in zip(*parts, strict=True))
+    counts = np.bincount(labels, minlength=3)
+    assert counts[0] > 4 * block and counts[2] <= dim  # folded into XᵀX; solved from its rows
+    model = systems.fit(lam)
+    eps = np.finfo(np.float64).eps
+    for k in range(3):
+        rows = labels == k
+        want, mean, a = _stacked_ridge(feats[rows].astype(np.float64) * scale, targets[rows], lam)
+        # Summation order changes the system by ~n eps relatively (positive features: no
+        # cancellation in XᵀX), the solve adds ~d eps; the condition number amplifies both.
+        tol = 4 * np.linalg.cond(a) * (rows.sum() + dim) * eps * np.abs(want).max()
+        np.testing.assert_allclose(model.weights[k], want, rtol=0, atol=tol)
+        np.testing.assert_allclose(model.target_mean[k], mean, rtol=0, atol=8 * eps)
+    assert model.trained.all() and systems.counts.tolist() == counts.tolist()

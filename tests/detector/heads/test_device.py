@@ -36,7 +36,7 @@ class MetaPooler:
 
 
 def _meta_run(device: torch.device) -> tuple[FcHead, TrainState, MetaPooler]:
-    records = _records(8)  # under 10 images: no held-out sample, whose metrics need data
+    records = _records(8)  # no --holdout: no held-out sample, whose metrics need data
     cfg = dataclasses.replace(_cfg(), iterations=7, checkpoint_every=1000, log_every=1000)
     table = WindowTable.build(records, _proposals(records), NUM_CLASSES, cfg)
     head = FcHead(MetaPooler.dim, 16, NUM_CLASSES + 1, dropout=0.5)

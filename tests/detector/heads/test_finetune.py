@@ -1,6 +1,7 @@
 """Tests of ``sppdet.detector.heads.finetune``.
 
-Fine-tuning: batch composition, the learning-rate schedule, learning, and exact resume.
+Fine-tuning: batch composition, the learning-rate schedule, which images train (all, or all but
+the held-out fraction), the logged metrics, learning, and exact resume.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sppdet.detector.core.boxes import iou_matrix
@@ -17,8 +19,10 @@ from sppdet.detector.core.config import FinetuneConfig
 from sppdet.detector.data.records import ImageRecord
 from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.heads.finetune import (
+    TrainMeter,
     TrainState,
     WindowTable,
+    _optimizer,
     learning_rate,
     pool_batch,
     round_batches,
@@ -68,10 +72,11 @@ class GeometryPooler:
 
     def __init__(self, records: list[ImageRecord]) -> None:
         self.by_id = {r.image_id: r for r in records}
-        self.calls: list[tuple[str, bool]] = []
+        self.calls: list[tuple[str, bool, bool]] = []  # (image, flipped, for training)
 
     def pooled(self, image_id, boxes, scales, flipped, dtype=torch.float32):  # type: ignore[no-untyped-def]
-        self.calls.append((image_id, flipped))
+        # Training pools at random scales; the held-out sample at the best scale (None).
+        self.calls.append((image_id, flipped, scales is not None))
         record = self.by_id[image_id]
         iou = iou_matrix(boxes, record.boxes)[:, 0]
         one_hot = np.eye(NUM_CLASSES)[record.labels[0]]
@@ -133,12 +138,64 @@ def test_pool_batch_keeps_row_order() -> None:
         torch.testing.assert_close(out[i : i + 1], alone)
 
 
-def test_learning_rate_schedule_and_holdout() -> None:
+def test_learning_rate_schedule() -> None:
     cfg = FinetuneConfig()  # released: 1e-3, x0.1 at 30k and 60k
     rates = [learning_rate(cfg, i) for i in (0, 29_999, 30_000, 60_000)]
     np.testing.assert_allclose(rates, [1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-12)
-    train_images, held = split_holdout(25)
-    assert held.tolist() == [9, 19] and len(train_images) == 23
+
+
+def test_biases_learn_twice_as_fast_and_fc8_bias_has_no_decay() -> None:
+    # The released prototxt: blobs_lr 1 (weights) and 2 (biases); weight_decay 0 on fc8's bias.
+    # One SGD step from an empty momentum buffer: p <- p - lr * factor * (grad + decay * p).
+    torch.manual_seed(0)
+    head = FcHead(in_dim=5, hidden=4, num_outputs=3, dropout=0.0)
+    with torch.no_grad():
+        for param in head.parameters():
+            param.uniform_(-1, 1)
+    cfg = FinetuneConfig(base_lr=0.1, weight_decay=0.01)
+    before = {name: p.detach().clone() for name, p in head.named_parameters()}
+    optimizer = _optimizer(head, cfg, None)
+    for group in optimizer.param_groups:  # as train() sets them
+        group["lr"] = learning_rate(cfg, 0) * group["lr_factor"]
+    head(torch.randn(6, 5)).square().sum().backward()
+    grads = {name: p.grad.clone() for name, p in head.named_parameters()}
+    optimizer.step()
+    for name, param in head.named_parameters():
+        factor = 2.0 if name.endswith("bias") else 1.0
+        decay = 0.0 if name == "fc8.bias" else 0.01
+        want = before[name] - 0.1 * factor * (grads[name] + decay * before[name])
+        torch.testing.assert_close(param.detach(), want, msg=name)
+
+
+def test_split_holdout_by_hand() -> None:
+    # k = round(f n) images held out, image i when floor((i + 1) k / n) > floor(i k / n).
+    cases = {
+        (25, 0.0): [],  # the default: every image trains
+        (30, 0.1): [9, 19, 29],  # k = 3: every tenth image
+        (25, 0.1): [8, 16, 24],  # k = round(2.5) = 3: at 9/25, 17/25, 25/25 of the list
+        (4, 0.5): [1, 3],
+        (10, 0.01): [9],  # round(0.1) = 0, but a monitor asked for holds one image out
+        (3, 0.99): [1, 2],  # round(2.97) = 3 would leave nothing to train on: k = 2
+        (1, 0.5): [],  # one image: it trains
+    }
+    for (n, fraction), held in cases.items():
+        train_images, got = split_holdout(n, fraction)
+        assert got.tolist() == held, (n, fraction)
+        assert sorted([*train_images.tolist(), *held]) == list(range(n))
+
+
+def test_meter_means_since_the_last_report() -> None:
+    meter = TrainMeter()
+    targets = torch.tensor([0, 1, 2, 2])  # three foreground windows
+    right_two = torch.tensor([[9.0, 0, 0], [0, 9, 0], [0, 9, 0], [0, 0, 9]])  # fg: 2 of 3 right
+    right_all = torch.tensor([[0.0, 9, 0], [0, 9, 0], [0, 0, 9], [0, 0, 9]])  # bg wrong, fg 3/3
+    meter.add(torch.tensor(0.5), right_two, targets)
+    meter.add(torch.tensor(1.5), right_all, targets)
+    report = meter.report()
+    assert report["train_loss"] == pytest.approx(1.0, rel=1e-6)  # (0.5 + 1.5) / 2
+    assert report["train_fg_accuracy"] == pytest.approx(5 / 6, rel=1e-6)
+    meter.add(torch.tensor(0.25), right_two, targets)  # a report starts a new interval
+    assert meter.report() == pytest.approx({"train_loss": 0.25, "train_fg_accuracy": 2 / 3})
 
 
 def _head() -> FcHead:
@@ -148,9 +205,44 @@ def _head() -> FcHead:
     return head
 
 
+def _trained_images(pooler: GeometryPooler) -> tuple[set[str], set[str]]:
+    """Images pooled for training batches and for the held-out sample."""
+    trained = {image for image, _, training in pooler.calls if training}
+    return trained, {image for image, _, training in pooler.calls if not training}
+
+
+def test_every_image_trains_by_default_and_flips_are_used() -> None:
+    records = _records(20)
+    cfg = _cfg(iterations=60)  # 20 images in rounds of 4: every image within the first epoch
+    assert cfg.holdout == FinetuneConfig().holdout == 0
+    table = WindowTable.build(records, _proposals(records), NUM_CLASSES, cfg)
+    pooler = GeometryPooler(records)
+    final = train(_head(), pooler, table, cfg, TrainState(0, 0, []), None, lambda *_: None)
+    trained, held_out = _trained_images(pooler)
+    assert trained == {r.image_id for r in records} and not held_out
+    assert {flipped for _, flipped, _ in pooler.calls} == {False, True}
+    assert [e["iteration"] for e in final.history] == [20, 40, 60]
+    assert all(
+        sorted(e) == ["iteration", "lr", "train_fg_accuracy", "train_loss"] for e in final.history
+    )
+    assert [e["lr"] for e in final.history] == [0.05, 0.05, 0.05]
+
+
+def test_the_holdout_fraction_keeps_its_images_out_of_training() -> None:
+    records = _records(20)
+    cfg = _cfg(iterations=60, holdout=0.25)
+    table = WindowTable.build(records, _proposals(records), NUM_CLASSES, cfg)
+    pooler = GeometryPooler(records)
+    final = train(_head(), pooler, table, cfg, TrainState(0, 0, []), None, lambda *_: None)
+    trained, held_out = _trained_images(pooler)
+    held = {f"im{i}" for i in (3, 7, 11, 15, 19)}  # k = 5 of 20: every fourth
+    assert held_out == held and trained == {r.image_id for r in records} - held
+    assert all("heldout_loss" in e and "heldout_fg_accuracy" in e for e in final.history)
+
+
 def test_training_learns_and_resume_is_exact() -> None:
     records = _records(20)
-    cfg = _cfg()
+    cfg = _cfg(holdout=0.1)
     table = WindowTable.build(records, _proposals(records), NUM_CLASSES, cfg)
     pooler = GeometryPooler(records)
 
@@ -162,8 +254,10 @@ def test_training_learns_and_resume_is_exact() -> None:
 
     final = train(head, pooler, table, cfg, TrainState(0, 0, []), None, save)
     assert final.iteration == 150
-    assert final.history[-1]["fg_accuracy"] > 0.9  # chance is 1/2 among foreground classes
-    assert final.history[-1]["loss"] < 0.5 * final.history[0]["loss"]
+    # chance is 1/2 among foreground classes
+    assert final.history[-1]["heldout_fg_accuracy"] > 0.9
+    assert final.history[-1]["heldout_loss"] < 0.5 * final.history[0]["heldout_loss"]
+    assert final.history[-1]["train_loss"] < 0.5 * final.history[0]["train_loss"]
 
     # Resume from the first checkpoint: the same weights as the uninterrupted run.
     state, optim, weights = saved[0]

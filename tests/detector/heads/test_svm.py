@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 from scipy.optimize import minimize
+from sklearn.svm import LinearSVC
 
 from sppdet.detector.core.config import SvmConfig
 from sppdet.detector.core.errors import SppdetError
@@ -21,11 +22,15 @@ def _primal_objective(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray, cfg
     return 0.5 * w_tilde @ w_tilde + np.sum(c * np.maximum(0, 1 - margins))
 
 
+TIGHT = {"tolerance": 1e-6, "max_iterations": 100_000}
+
+
 def test_fit_matches_an_independent_qp_solution() -> None:
     rng = np.random.default_rng(0)
     pos = rng.normal(1.0, 1.0, size=(15, 4))
     neg = rng.normal(-1.0, 1.0, size=(30, 4))
-    cfg = SvmConfig(C=0.5)  # a C where the hinge terms matter on this tiny problem
+    # A C where the hinge terms matter on this tiny problem; a tight tolerance to compare optima.
+    cfg = SvmConfig(C=0.5, **TIGHT)
     w, b = fit_linear_svm(pos, neg, cfg)
     x = np.concatenate([pos, neg])
     y = np.concatenate([np.ones(15), -np.ones(30)])
@@ -47,6 +52,28 @@ def test_fit_matches_an_independent_qp_solution() -> None:
     ours = _primal_objective(w, b, x, y, cfg)
     assert ours == pytest.approx(qp.fun, rel=2e-3)
     np.testing.assert_allclose(np.append(w, b / cfg.bias_feature), qp.x[: d + 1], atol=2e-2)
+
+
+def test_solver_stops_where_the_released_liblinear_does() -> None:
+    cfg = SvmConfig(C=0.5)
+    assert (cfg.tolerance, cfg.max_iterations) == (0.1, 1_000)  # liblinear -s 3's defaults
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1.0, 1.0, size=(15, 4)), rng.normal(-1.0, 1.0, size=(30, 4))
+    svm = LinearSVC(
+        C=cfg.C,
+        loss="hinge",
+        class_weight={1: cfg.positive_weight, 0: 1.0},
+        intercept_scaling=cfg.bias_feature,
+        tol=0.1,
+        max_iter=1_000,
+        random_state=cfg.seed,
+    ).fit(np.concatenate([pos, neg]), np.repeat([1, 0], [15, 30]))
+    w, b = fit_linear_svm(pos, neg, cfg)
+    np.testing.assert_array_equal(w, svm.coef_[0].astype(np.float32))
+    assert b == svm.intercept_[0]
+    # The setting is used: the tight solution of the same problem differs.
+    tight, _ = fit_linear_svm(pos, neg, dataclasses.replace(cfg, **TIGHT))
+    assert np.abs(tight - w).max() > 1e-3
 
 
 def _image(rng: np.random.Generator, n_neg: int, dim: int, shift: float = -1.5) -> TrainingImage:

@@ -138,7 +138,7 @@ def test_coco_json_gives_object_and_background_crops(tmp_path):
         "categories": [{"id": 7, "name": "thing"}],
     }
     (tmp_path / "train.json").write_text(json.dumps(coco))
-    samples = load_samples(tmp_path / "train.json", "ignored", CFG)
+    samples = load_samples(tmp_path / "train.json", "train", CFG)
     assert samples.classes == (BACKGROUND, "thing")
     assert samples.counts() == {BACKGROUND: 2, "thing": 2}
     # COCO [x, y, w, h] = [10, 20, 30, 16] covers pixels 10..39 x 20..35, grown by 8/7.

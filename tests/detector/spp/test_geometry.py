@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,49 @@ def test_mapping_takes_one_map_size_per_window():
     boxes = np.array([[0, 0, 999, 999], [0, 0, 999, 999]], float)
     cells = boxes_to_cells(boxes, np.array([1.0, 0.5]), ZF5, np.array([60, 30]), np.array([62, 31]))
     assert cells.tolist() == [[0, 0, 61, 59], [0, 0, 30, 29]]
+
+
+def _released_mex_cells(box: list[float], scale: int, min_side: int, map_w: int, map_h: int):
+    """A literal transcription of the released code for one 1-based box: the scaling of
+    spp_features_convX_to_poolX.m, then the box normalisation of spm_pool_caffe_mex.cpp
+    (ZF-5: offset0 = 21, offset = 6.5, min_times = 16), returning its 1-based cells l t r b."""
+    # scaled_boxes = bsxfun(@times, (boxes - 1), (boxes_scales(:) - 1)) / (min_img_sz - 1) + 1;
+    x0, y0, x1, y1 = ((b - 1) * (scale - 1) / (min_side - 1) + 1 for b in box)
+    offset0, offset, min_times = 21.0, 6.5, 16.0
+    x0_norm = int(math.floor((x0 - offset0 + offset) / min_times + 0.5) + 1)
+    y0_norm = int(math.floor((y0 - offset0 + offset) / min_times + 0.5) + 1)
+    x1_norm = int(math.ceil((x1 - offset0 - offset) / min_times - 0.5) + 1)
+    y1_norm = int(math.ceil((y1 - offset0 - offset) / min_times - 0.5) + 1)
+    if x0_norm > x1_norm:
+        x0_norm = int((x0_norm + x1_norm) / 2)  # C int division: truncation toward zero
+        x1_norm = x0_norm
+    if y0_norm > y1_norm:
+        y0_norm = int((y0_norm + y1_norm) / 2)
+        y1_norm = y0_norm
+    top = min(map_h, max(1, y0_norm))
+    bottom = min(map_h, max(1, y1_norm))
+    left = min(map_w, max(1, x0_norm))
+    right = min(map_w, max(1, x1_norm))
+    return [left, top, right, bottom]
+
+
+# (min(H, W), scale) pairs where integer boxes land exactly on a cell boundary once scaled.
+BOUNDARY_CASES = ((217, 874), (277, 688), (313, 688), (325, 874), (433, 874), (463, 688))
+
+
+@pytest.mark.parametrize("min_side, scale", BOUNDARY_CASES)
+def test_integer_boxes_on_cell_boundaries_map_as_the_released_mex(min_side, scale):
+    map_w = map_h = scale // 16 + 1
+    x = np.arange(min_side, dtype=np.float64)
+    widths = (0.0, 3.0, 17.0, 40.0, 101.0)  # degenerate (narrow) to wide windows
+    boxes = np.concatenate(
+        [np.stack([x, x[::-1] / 2, np.minimum(x + w, min_side - 1), x[::-1]], 1) for w in widths]
+    )
+    got = boxes_to_cells(boxes, scale_factor(scale, min_side), ZF5, map_h, map_w)
+    want = [_released_mex_cells((b + 1).tolist(), scale, min_side, map_w, map_h) for b in boxes]
+    np.testing.assert_array_equal(got, np.array(want) - 1)
+    # The case is what it claims: some scaled edge is exactly on a cell boundary, i.e. the
+    # mex's floor/ceil argument is an integer.
+    scaled = boxes * (scale - 1) / (min_side - 1) + 1
+    left, right = (scaled[:, 0] - 14.5) / 16 + 0.5, (scaled[:, 2] - 27.5) / 16 - 0.5
+    assert (left == np.floor(left)).any() or (right == np.ceil(right)).any()

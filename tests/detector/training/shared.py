@@ -22,7 +22,7 @@ FEATURES = FeatureConfig(scales=(96,), dtype="float32", device="cpu")
 def make_split(root: Path) -> tuple[Path, WorkDir]:
     """Synthetic VOC data and a work folder whose trainval and test splits have proposals and
     conv5 maps (random zf5), small enough to train on in seconds; 10 training images, so that
-    fine-tuning holds one out and logs its metrics."""
+    fine-tuning with --holdout 0.1 holds one out and logs its metrics."""
     data = make_synthetic_voc(root / "data", num_images=20, seed=5, image_size=(80, 110))
     work = WorkDir.at(root / "work")
     for split in ("trainval", "test"):
