@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -189,4 +190,7 @@ def test_detect_on_image_files_matches_the_split_run(trained, tmp_path, capsys) 
         for s in dets.scores[dets.image_ids == record.image_id]
     )
     # The results files rank by the SVM margin; the JSON's score is the calibrated probability.
-    assert sorted((d["class"], round(d["margin"], 4)) for d in found) == expected
+    # The split's files also keep at most 5 x images per class (the released keep_top_k), which
+    # one image cannot apply: every written detection is among the image's, none is missing.
+    got = Counter((d["class"], round(d["margin"], 4)) for d in found)
+    assert not Counter(expected) - got and len(expected) > 0
