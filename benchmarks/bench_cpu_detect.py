@@ -7,17 +7,20 @@
             the code before issue 20) and after (``trunk.to_device``: channels-last, the LRN in
             place), next to the GFLOP/s of the fc6 GEMM (2,000 windows x 12,800 -> 4,096) timed
             in the same run. Each figure is the fastest of --repeats runs.
-2. bench    ``sppdet bench`` (SPP against R-CNN, one zf5 trunk, 4,096-wide fc6/fc7, 2,000
-            windows per image) once per --fc-ranks entry (full, or R6xR7): detection without
-            proposals at 1 and 5 scales, the speed-ups with their work ratios and what bounds
-            them. With --bf16 also once in bf16 autocast at the first entry's ranks, with the
-            score drift and the detections that stay the same (bf16 is never a default).
+2. bench    ``sppdet bench`` (SPP against R-CNN, one zf5 trunk, fc6/fc7 --fc-dim wide (4,096),
+            2,000 windows per image) once per --fc-ranks entry (full, or R6xR7): detection
+            without proposals at 1 and 5 scales, the speed-ups with their work ratios, their
+            bounds (``bench.bounds``) and what bounds them. With --bf16 also once in bf16
+            autocast at the first entry's ranks, with the score drift and the detections that
+            stay the same (bf16 is never a default).
 3. map      (with --map-work WORK, repeatable) ``sppdet detect --fc-rank`` + ``sppdet
             evaluate`` of each trained work folder at each --map-ranks entry, VOC07 mAP.
 
     python benchmarks/bench_cpu_detect.py --data ../shared/data/raccoon-voc \\
-        --fc-ranks full,1024x256,512x128 --out /tmp/cpu_detect.json \\
+        --fc-ranks full,512x256,256x128 --bf16 --out /tmp/cpu_detect.json \\
         --map-work /tmp/racc --map-ranks full,256x128,128x64
+    python benchmarks/bench_cpu_detect.py --data ../shared/data/raccoon-voc --parts bench \\
+        --fc-dim 1024 --fc-ranks full,256x128,128x64 --out /tmp/cpu_detect_1024.json
 
 On a shared machine the absolute times move with the load (``uptime`` is printed with each
 part); ratios within one part are measured in the same run. There, ``--threads 1 --clock cpu``
@@ -226,7 +229,9 @@ def benches(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Part 2: ``run_bench`` per rank (and bf16 at the first ranks)."""
     cfg = preset("released")
     cfg = dataclasses.replace(
-        cfg, bench=dataclasses.replace(cfg.bench, images=args.images, windows=args.windows)
+        cfg,
+        bench=dataclasses.replace(cfg.bench, images=args.images, windows=args.windows),
+        finetune=dataclasses.replace(cfg.finetune, fc_dim=args.fc_dim),
     )
     dataset = load_dataset(args.data, args.split)
     features = FeatureConfig(device="cpu")
@@ -239,9 +244,8 @@ def benches(args: argparse.Namespace) -> list[dict[str, Any]]:
         report = run_bench(
             dataset, features, cfg, precision, progress=False, fc_rank=ranks, clock=CLOCK
         )
-        out.append(
-            {**report.to_json(), "ranks": rank_name(ranks), "load": f"{start_load}-{load()}"}
-        )
+        extra = {"ranks": rank_name(ranks), "fc_dim": args.fc_dim, "load": f"{start_load}-{load()}"}
+        out.append({**report.to_json(), **extra})
         print_bench(out[-1])
     return out
 
@@ -249,7 +253,7 @@ def benches(args: argparse.Namespace) -> list[dict[str, Any]]:
 def print_bench(report: dict[str, Any]) -> None:
     per, macs, gflops = report["per_image"], report["macs"], report["gflops"]
     print(
-        f"\n## bench: fc6/fc7 {report['ranks']}, {report['precision']}, "
+        f"\n## bench: fc6/fc7 {report['ranks']} of {report['fc_dim']}, {report['precision']}, "
         f"{report['windows']} windows, {len(report['images'])} image(s), load {report['load']}\n"
     )
     print("| part | s/image | G multiply-adds | GFLOP/s |\n|---|---|---|---|")
@@ -284,7 +288,7 @@ def map_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Part 3: VOC07 mAP of each --map-work folder at each --map-ranks entry."""
     out = []
     scratch = Path(tempfile.mkdtemp(prefix="cpu_detect_"))
-    cli = [sys.executable, "-m", "sppdet.cli.main"]
+    cli = [sys.executable, "-c", "from sppdet.cli.main import main; main()"]
     for work in args.map_work:
         for ranks in parse_ranks(args.map_ranks):
             name = f"{Path(work).name}_{rank_name(ranks)}"
@@ -316,14 +320,13 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--images", type=int, default=1, help="images timed by the bench")
     parser.add_argument("--windows", type=int, default=2000)
-    parser.add_argument(
-        "--fc-ranks", default="full,1024x256", help="full or R6xR7, comma-separated"
-    )
+    parser.add_argument("--fc-ranks", default="full,512x256", help="full or R6xR7, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fc-dim", type=int, default=FC_OUT, help="the bench head's width")
     parser.add_argument("--bf16", action="store_true", help="also bench bf16 autocast")
     parser.add_argument("--parts", default="layers,bench,map")
     parser.add_argument("--map-work", action="append", default=[])
-    parser.add_argument("--map-ranks", default="full,256x128")
+    parser.add_argument("--map-ranks", default="full,512x256,256x128")
     parser.add_argument("--out", type=Path, default=Path("cpu_detect.json"))
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (all cores)")
