@@ -29,7 +29,7 @@ import numpy as np
 from sppdet.cache.atomic import write_json
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.progress import track
-from sppdet.detector.data.synthetic import SyntheticObject, write_voc_image, write_voc_split
+from sppdet.detector.data.synthetic import SyntheticObject, write_voc_image, write_voc_splits
 
 CROWD_CLASSES = ("round", "oblong", "irregular")
 OBJECT_SIDES = (15, 60)  # every box's width and height, pixels, inclusive
@@ -46,7 +46,6 @@ SHADOW_OFFSET = 3  # pixels a shadow falls away from the light
 PATCH_MARGIN = SHADOW_OFFSET + 3  # room around an object's outline for its (blurred) shadow
 ALPHA_INSIDE = 0.5  # a pixel belongs to the object (and its box) at this coverage or more
 MARKER = "crowded.json"  # written into every generated tree: marks the folder as ours
-SPLITS = ("train", "val", "trainval", "test")
 
 
 @dataclass(frozen=True)
@@ -294,16 +293,6 @@ def make_crowded_voc(
         height = int(rng.integers(IMAGE_HEIGHTS[0], IMAGE_HEIGHTS[1] + 1))
         crowd = render_crowded(rng, width, height)
         write_voc_image(root, image_id, crowd.rgb, crowd.objects)
-    order = np.random.default_rng((seed, num_images, 1)).permutation(num_images)
-    n_test = min(max(round(num_images * test_fraction), 1), num_images - 1)
-    trainval = sorted(ids[k] for k in order[n_test:])
-    splits = {
-        "test": sorted(ids[k] for k in order[:n_test]),
-        "trainval": trainval,
-        "train": trainval[0::2],
-        "val": trainval[1::2],
-    }
-    for name in SPLITS:
-        write_voc_split(root, name, splits[name])
+    write_voc_splits(root, ids, seed, test_fraction)
     write_json(root / MARKER, {"complete": True, **params})
     return root

@@ -270,6 +270,22 @@ def write_voc_split(root: str | Path, name: str, image_ids: Sequence[str]) -> No
     (folder / f"{name}.txt").write_text("".join(f"{image_id}\n" for image_id in image_ids))
 
 
+def write_voc_splits(root: Path, ids: Sequence[str], seed: int, test_fraction: float) -> None:
+    """Write the four split files of a generated tree: a seeded TEST_FRACTION of IDS (at least
+    one, and one left over) to test, the rest to trainval, split evenly into train and val."""
+    order = np.random.default_rng((seed, len(ids), 1)).permutation(len(ids))
+    n_test = min(max(round(len(ids) * test_fraction), 1), len(ids) - 1)
+    trainval = sorted(ids[k] for k in order[n_test:])
+    splits = {
+        "test": sorted(ids[k] for k in order[:n_test]),
+        "trainval": trainval,
+        "train": trainval[0::2],
+        "val": trainval[1::2],
+    }
+    for name in SPLITS:
+        write_voc_split(root, name, splits[name])
+
+
 def _prepare_folder(root: Path) -> None:
     """Refuse a non-empty folder that is not a synthetic tree; clear an old synthetic tree."""
     if root.exists() and not root.is_dir():
@@ -324,17 +340,7 @@ def make_synthetic_voc(
         width, height = (int(v) for v in rng.integers(image_size[0], image_size[1] + 1, 2))
         image, objects = render_image(rng, width, height, classes, max_objects)
         write_voc_image(root, image_id, image, objects)
-    order = np.random.default_rng((seed, num_images, 1)).permutation(num_images)
-    n_test = min(max(round(num_images * test_fraction), 1), num_images - 1)
-    trainval = sorted(ids[k] for k in order[n_test:])
-    splits = {
-        "test": sorted(ids[k] for k in order[:n_test]),
-        "trainval": trainval,
-        "train": trainval[0::2],
-        "val": trainval[1::2],
-    }
-    for name in SPLITS:
-        write_voc_split(root, name, splits[name])
+    write_voc_splits(root, ids, seed, test_fraction)
     write_json(root / MARKER, {"complete": True, **params})
     return root
 
@@ -347,4 +353,5 @@ __all__ = [
     "render_image",
     "write_voc_image",
     "write_voc_split",
+    "write_voc_splits",
 ]
