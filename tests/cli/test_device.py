@@ -20,13 +20,10 @@ from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
 from sppdet.detector.core import device as core_device
-from sppdet.detector.core.config import SvmConfig
 from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.features import writer
 from sppdet.detector.training import runtime
-from sppdet.detector.training.inputs import open_split
-from sppdet.detector.training.svm import run_train_svm
-from tests.detector.training.shared import CLASSES, make_split
+from tests.detector.training.shared import make_pool5_work
 
 load_commands()
 
@@ -49,10 +46,7 @@ def meta_device(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, WorkDir]:
     """A split with its stores and pool5 SVMs, so that detect has a model to score with."""
-    data, work = make_split(tmp_path_factory.mktemp("device"))
-    inputs = open_split(work, data, "trainval", CLASSES)
-    run_train_svm(work, inputs, SvmConfig(layer="pool5", norm_sample_windows=300), False)
-    return data, work
+    return make_pool5_work(tmp_path_factory.mktemp("device"))
 
 
 def _ran_on_meta(argv: list[str], asked: list[str]) -> None:

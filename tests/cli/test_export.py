@@ -12,15 +12,12 @@ from sppdet.cache.workdir import WorkDir
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
 from sppdet.detector import Detector
-from sppdet.detector.core.config import SvmConfig
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.images import read_image
 from sppdet.detector.inference.onnx_export import onnx_inputs
-from sppdet.detector.training.inputs import open_split
-from sppdet.detector.training.svm import run_train_svm
 from sppdet.proposals.methods import propose
 from tests.detector.inference.shared import assert_same
-from tests.detector.training.shared import CLASSES, make_split
+from tests.detector.training.shared import CLASSES, make_pool5_work
 
 load_commands()
 
@@ -28,10 +25,7 @@ load_commands()
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, WorkDir]:
     """A split with its stores and pool5 SVMs: the smallest work folder a detector loads from."""
-    data, work = make_split(tmp_path_factory.mktemp("export"))
-    inputs = open_split(work, data, "trainval", CLASSES)
-    run_train_svm(work, inputs, SvmConfig(layer="pool5", norm_sample_windows=300), False)
-    return data, work
+    return make_pool5_work(tmp_path_factory.mktemp("export"))
 
 
 def test_export_writes_the_file_a_detector_loads(trained, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

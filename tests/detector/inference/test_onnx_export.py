@@ -17,7 +17,6 @@ import torch
 
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector import Detector
-from sppdet.detector.core.config import SvmConfig
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.images import read_image
@@ -34,11 +33,8 @@ from sppdet.detector.inference.onnx_export import (
 from sppdet.detector.inference.onnx_graph import folded_regressor
 from sppdet.detector.spp.geometry import boxes_to_cells, edge_shift
 from sppdet.detector.spp.pooler import WindowPooler
-from sppdet.detector.training.inputs import open_split
-from sppdet.detector.training.svm import run_train_svm
 from sppdet.proposals.methods import propose
-from tests.detector.training.shared import CLASSES as TRAINING_CLASSES
-from tests.detector.training.shared import make_split
+from tests.detector.training.shared import make_pool5_work
 
 FLOAT16_ROUNDING = 2.0**-11  # relative error of rounding a normal float32 to float16
 # A sum of n float32 products is off by about sqrt(n) * 2^-24 of the sum of their magnitudes;
@@ -59,10 +55,7 @@ class Outputs:
 @pytest.fixture(scope="module")
 def pool5_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, WorkDir]:
     """A work folder with pool5 SVMs only (no fc layers, no regressors) on float32 maps."""
-    data, work = make_split(tmp_path_factory.mktemp("pool5"))
-    inputs = open_split(work, data, "trainval", TRAINING_CLASSES)
-    run_train_svm(work, inputs, SvmConfig(layer="pool5", norm_sample_windows=300), False)
-    return data, work
+    return make_pool5_work(tmp_path_factory.mktemp("pool5"))
 
 
 @pytest.fixture(scope="module", params=["fc7", "pool5"])

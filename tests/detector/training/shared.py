@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from sppdet.cache.workdir import WorkDir
-from sppdet.detector.core.config import FeatureConfig, ProposalConfig
+from sppdet.detector.core.config import FeatureConfig, ProposalConfig, SvmConfig
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.features.writer import cache_features
-from sppdet.detector.training.inputs import SplitInputs
+from sppdet.detector.training.inputs import SplitInputs, open_split
+from sppdet.detector.training.svm import run_train_svm
 from sppdet.proposals.stage import run_proposals
 
 CLASSES = ("circle", "square", "triangle")
@@ -43,3 +44,12 @@ def proposal_pool5(inputs: SplitInputs) -> list[np.ndarray]:
         inputs.cache.pooled(r.image_id, inputs.proposals(r.image_id)).numpy()
         for r in inputs.dataset.records
     ]
+
+
+def make_pool5_work(root: Path) -> tuple[Path, WorkDir]:
+    """``make_split``'s data and work folder with pool5 SVMs trained on trainval: the smallest
+    work folder a detector loads from (no fc layers, no regressors)."""
+    data, work = make_split(root)
+    inputs = open_split(work, data, "trainval", CLASSES)
+    run_train_svm(work, inputs, SvmConfig(layer="pool5", norm_sample_windows=300), False)
+    return data, work

@@ -111,15 +111,22 @@ def test_stale_candidates_are_refused_naming_the_settings(split) -> None:  # typ
     assert "rerun with --force" in str(error.value)
 
 
-def test_finetune_without_preset_trains_with_the_recorded_settings(tmp_path, split) -> None:  # type: ignore[no-untyped-def]
-    data, work = split
-    folder = WorkDir.at(tmp_path / "work")
+def _without_preset(work: WorkDir, root: Path) -> WorkDir:
+    """A work folder at ROOT sharing WORK's stores and settings, with no preset recorded (as a
+    folder made before presets were recorded)."""
+    folder = WorkDir.at(root)
     folder.root.mkdir()
     for sub in ("proposals", "features"):
         (folder.root / sub).symlink_to(work.root / sub, target_is_directory=True)
     settings = work.settings()
     settings.pop("preset", None)
     folder.settings_path.write_text(json.dumps(settings))
+    return folder
+
+
+def test_finetune_without_preset_trains_with_the_recorded_settings(tmp_path, split) -> None:  # type: ignore[no-untyped-def]
+    data, work = split
+    folder = _without_preset(work, tmp_path / "work")
     cfg = preset("quick-cpu")
     tiny = dataclasses.replace(
         cfg, finetune=dataclasses.replace(cfg.finetune, iterations=4, fc_dim=16, batch_size=8)
@@ -137,12 +144,6 @@ def test_a_command_records_its_preset_once_its_inputs_are_found(tmp_path, split)
     argv = ["train-bbox", "--data", str(data), "--preset", "quick-cpu"]
     assert run_app([*argv, "--work", str(empty.root)]) == 2  # no proposals there
     assert empty.recorded_preset() is None
-    folder = WorkDir.at(tmp_path / "work")
-    folder.root.mkdir()
-    for sub in ("proposals", "features"):
-        (folder.root / sub).symlink_to(work.root / sub, target_is_directory=True)
-    settings = work.settings()
-    settings.pop("preset", None)
-    folder.settings_path.write_text(json.dumps(settings))
+    folder = _without_preset(work, tmp_path / "work")
     assert run_app([*argv, "--work", str(folder.root)]) == 0
     assert folder.recorded_preset() == as_dict(preset("quick-cpu"))
