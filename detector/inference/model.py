@@ -48,7 +48,6 @@ from sppdet.detector.core.config import (
     SppConfig,
     as_dict,
     preset,
-    section_from_dict,
 )
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.records import Dataset
@@ -62,7 +61,7 @@ from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.spp.bins import check_pyramid, pyramid_dim
 from sppdet.detector.training.bbox import load_bbox
 from sppdet.detector.training.inputs import MADE_BY, SplitInputs
-from sppdet.detector.training.presets import DEFAULT_PRESET
+from sppdet.detector.training.presets import DEFAULT_PRESET, stage_config
 from sppdet.detector.training.svm import feature_head, load_svm
 
 MODEL_FORMAT = "sppdet-model"
@@ -96,7 +95,7 @@ def model_from_work(work: WorkDir, detect: DetectConfig | None = None) -> dict[s
         made_from["bbox"] = work.load_model("bbox", MADE_BY["bbox"])["made_from"]
     if svm["finetuned"] and head is not None:
         made_from["finetune"] = work.load_model("finetune", MADE_BY["finetune"])["made_from"]
-    detect = detect or recorded_detect(work, config)
+    detect = detect or stage_config(work, None).detect  # the recorded preset's, as `detect`
     return {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -151,14 +150,6 @@ class RecordedCache:
     @property
     def dim(self) -> int:
         return pyramid_dim(self.pyramid, int(self.params["channels"]))
-
-
-def recorded_detect(work: WorkDir, config: dict[str, Any]) -> DetectConfig:
-    """The detect settings of WORK's recorded preset CONFIG (its other sections are not read:
-    a setting renamed in, say, the bbox section since does not stop its models from loading)."""
-    where = f"{work.settings_path} (preset)"
-    fix = "pass the detect settings, or start a new --work folder"
-    return section_from_dict(DetectConfig, config.get("detect", {}), where, fix)
 
 
 def _no_proposals(image_id: str) -> np.ndarray:
