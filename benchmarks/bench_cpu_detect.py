@@ -14,7 +14,8 @@
             autocast at the first entry's ranks, with the score drift and the detections that
             stay the same (bf16 is never a default).
 3. map      (with --map-work WORK, repeatable) ``sppdet detect --fc-rank`` + ``sppdet
-            evaluate`` of each trained work folder at each --map-ranks entry, VOC07 mAP.
+            evaluate`` of each trained work folder at each --map-ranks entry and each
+            --map-fits fit (responses, weights), VOC07 mAP.
 
     python benchmarks/bench_cpu_detect.py --data ../shared/data/raccoon-voc \\
         --fc-ranks full,512x256,256x128 --bf16 --out /tmp/cpu_detect.json \\
@@ -289,28 +290,39 @@ def map_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     scratch = Path(tempfile.mkdtemp(prefix="cpu_detect_"))
     cli = [sys.executable, "-c", "from sppdet.cli.main import main; main()"]
-    for work in args.map_work:
-        for ranks in parse_ranks(args.map_ranks):
-            name = f"{Path(work).name}_{rank_name(ranks)}"
-            det = scratch / name
-            detect = [*cli, "detect", "--data", args.data, "--split", args.split, "--work", work]
-            detect += ["--out", str(det), "--force"]
-            if ranks is not None:
-                detect += ["--fc-rank", f"{ranks[0]},{ranks[1]}"]
-            start = time.perf_counter()
-            subprocess.run(detect, check=True, capture_output=True)
-            seconds = time.perf_counter() - start
-            report = scratch / f"{name}.json"
-            evaluate = [*cli, "evaluate", "--data", args.data, "--split", args.split]
-            evaluate += ["--detections", str(det), "--report", str(report)]
-            subprocess.run(evaluate, check=True, capture_output=True)
-            found = json.loads(report.read_text())["map"]
-            row = {"work": work, "fc_rank": rank_name(ranks), "map": found, "detect_s": seconds}
-            print(
-                f"- {work} {rank_name(ranks)}: mAP {100 * found:.2f} (detect stage "
-                f"{seconds:.0f} s, load {load()})"
-            )
-            out.append(row)
+    runs = [
+        (work, ranks, fit)
+        for work in args.map_work
+        for ranks in parse_ranks(args.map_ranks)
+        for fit in (["full"] if ranks is None else args.map_fits.split(","))
+    ]
+    for work, ranks, fit in runs:
+        name = f"{Path(work).name}_{rank_name(ranks)}_{fit}"
+        det = scratch / name
+        detect = [*cli, "detect", "--data", args.data, "--split", args.split, "--work", work]
+        detect += ["--out", str(det), "--force"]
+        if ranks is not None:
+            detect += ["--fc-rank", f"{ranks[0]},{ranks[1]}", "--fc-rank-fit", fit]
+        start = time.perf_counter()
+        subprocess.run(detect, check=True, capture_output=True)
+        seconds = time.perf_counter() - start
+        report = scratch / f"{name}.json"
+        evaluate = [*cli, "evaluate", "--data", args.data, "--split", args.split]
+        evaluate += ["--detections", str(det), "--report", str(report)]
+        subprocess.run(evaluate, check=True, capture_output=True)
+        found = json.loads(report.read_text())["map"]
+        row = {
+            "work": work,
+            "fc_rank": rank_name(ranks),
+            "fit": fit,
+            "map": found,
+            "detect_s": seconds,
+        }
+        print(
+            f"- {work} {rank_name(ranks)} ({fit}): mAP {100 * found:.2f} (detect stage "
+            f"{seconds:.0f} s, load {load()})"
+        )
+        out.append(row)
     return out
 
 
@@ -327,6 +339,7 @@ def main() -> None:
     parser.add_argument("--parts", default="layers,bench,map")
     parser.add_argument("--map-work", action="append", default=[])
     parser.add_argument("--map-ranks", default="full,512x256,256x128")
+    parser.add_argument("--map-fits", default="responses,weights", help="--fc-rank-fit values")
     parser.add_argument("--out", type=Path, default=Path("cpu_detect.json"))
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (all cores)")

@@ -19,6 +19,7 @@ from sppdet.cli.options import (
     DeviceOption,
     ExecutorOption,
     FcPrecisionOption,
+    FcRankFitOption,
     FcRankOption,
     FeaturesOption,
     ForceOption,
@@ -26,7 +27,7 @@ from sppdet.cli.options import (
     StagePresetOption,
     WaitOption,
     WorkOption,
-    fc_rank,
+    fc_compression,
 )
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.core.progress import track
@@ -105,6 +106,7 @@ def detect_command(
     device: str = DeviceOption,
     precision: str = FcPrecisionOption,
     ranks: str = FcRankOption,
+    rank_fit: str = FcRankFitOption,
     force: bool = ForceOption,
     executor: str = ExecutorOption,
     ray_address: str | None = RayAddressOption,
@@ -134,7 +136,7 @@ def detect_command(
     from sppdet.detector.training.presets import record_config, stage_config
     from sppdet.detector.training.runtime import Runtime
 
-    fc_rank(ranks)  # a malformed --fc-rank fails before any work
+    compression = fc_compression(ranks, rank_fit)  # a malformed --fc-rank fails before any work
     workdir = WorkDir.at(work)
     settings = stage_config(workdir, preset_name)
     cfg = settings.detect
@@ -147,12 +149,12 @@ def detect_command(
             raise SppdetError("--image: detects with SPP features only; leave out --features")
         if draw is not None and len({p.name for p in image}) != len(image):
             raise SppdetError("--draw: give --image files distinct names (pictures keep them)")
-        if fc_rank(ranks) is None:
+        if compression is None:
             detector = Detector.load(
                 workdir.root, device or "auto", runtime.precision, detect=cfg, scorer=scorer
             )
-        else:  # the work folder's model, its fc6/fc7 truncated (kept in WORK/models)
-            model = model_with_fc_rank(workdir, model_from_work(workdir, cfg), fc_rank(ranks))
+        else:  # the work folder's model, its fc6/fc7 at low rank (kept in WORK/models)
+            model = model_with_fc_rank(workdir, model_from_work(workdir, cfg), compression)
             detector = Detector.from_model(
                 model, device or "auto", runtime.precision, str(workdir.root), scorer
             )
@@ -204,7 +206,7 @@ def detect_command(
             runtime=runtime,
             scoring=check_scoring(scorer, features),
             min_probability=score_threshold or 0.0,
-            fc_rank=fc_rank(ranks),
+            fc_rank=compression,
         )
     console = Console(stderr=jsonl)  # with --jsonl, stdout holds the JSON lines only
     if result.drift is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from sppdet.cli.app import app
-from sppdet.cli.options import FcRankOption, WorkOption, fc_rank
+from sppdet.cli.options import FcRankFitOption, FcRankOption, WorkOption, fc_compression
 from sppdet.detector.core.errors import SppdetError
 
 EXPORT_FORMATS = ("sppdet", "onnx")  # --format: the model file, or the ONNX recognition part
@@ -22,6 +22,7 @@ def export_command(
         help="The model FILE to write (e.g. model.sppdet; a file here, not a folder).",
     ),
     ranks: str = FcRankOption,
+    rank_fit: str = FcRankFitOption,
     model_file: Path | None = typer.Option(
         None, "--model", help="Convert this model FILE (from `sppdet export`) instead of --work."
     ),
@@ -51,7 +52,7 @@ def export_command(
 
     if fmt not in EXPORT_FORMATS:
         raise SppdetError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
-    truncated = fc_rank(ranks)
+    truncated = fc_compression(ranks, rank_fit)
     if model_file is not None and truncated is not None:
         raise SppdetError(
             "--fc-rank with --model: truncating needs the work folder ; export with --work W "
@@ -62,7 +63,7 @@ def export_command(
     else:
         workdir = WorkDir.at(work)
         model = model_from_work(workdir)
-    if truncated is not None:  # fc6/fc7 as truncated SVDs, in the file and in WORK/models
+    if truncated is not None:  # fc6/fc7 at low rank, in the file and in WORK/models
         model = model_with_fc_rank(workdir, model, truncated)
     if fmt == "onnx":
         path = export_onnx(model, out, str(model_file or work))

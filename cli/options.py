@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from sppdet.detector.core.errors import SppdetError
+
+if TYPE_CHECKING:
+    from sppdet.detector.heads.lowrank import FcRank
 
 # The backbones as --help lists them: (name, description, has torchvision ImageNet weights). The
 # registry that declares them (sppdet.detector.backbones.registry) imports torch, which --help
@@ -125,9 +129,16 @@ FeaturesOption = typer.Option(
 FcRankOption = typer.Option(
     None,
     "--fc-rank",
-    help="R6,R7: fc6 and fc7 replaced by their truncated SVDs of these ranks (fewer "
-    "multiply-adds per window; computed once and kept in WORK/models).",
+    help="R6,R7: fc6 and fc7 replaced by rank-R6 and rank-R7 layers (R x (in + out) "
+    "multiply-adds per window instead of in x out; computed once and kept in WORK/models).",
     show_default="full rank",
+)
+FcRankFitOption = typer.Option(
+    "responses",
+    "--fc-rank-fit",
+    help="With --fc-rank: responses (the layers fitted to reproduce fc6's and fc7's outputs on "
+    "10,000 proposals of the SVMs' training split) or weights (the truncated SVD of the "
+    "weights, Fast R-CNN's, which loses more at a given rank).",
 )
 
 
@@ -137,6 +148,15 @@ def fc_rank(text: str | None) -> tuple[int, int] | None:
     if ranks is not None and len(ranks) != 2:
         raise SppdetError(f"--fc-rank {text!r}: give two ranks, fc6's and fc7's, e.g. 512,256")
     return None if ranks is None else (ranks[0], ranks[1])
+
+
+def fc_compression(text: str | None, fit: str) -> FcRank | None:
+    """--fc-rank R6,R7 with --fc-rank-fit FIT (None when --fc-rank is not given)."""
+    from sppdet.detector.heads.lowrank import FcRank
+
+    ranks = fc_rank(text)
+    compression = FcRank(ranks or (1, 1), fit)  # a bad --fc-rank-fit fails even without ranks
+    return None if ranks is None else compression
 
 
 def int_list(text: str | None, option: str) -> tuple[int, ...] | None:

@@ -211,6 +211,10 @@ SOFTMAX_SCORE_THRESHOLD = 1e-3  # softmax's pre-NMS cut (the SVMs': DetectConfig
 # The probability a detection needs to be drawn or returned by the Python API by default; the
 # results files keep every detection (0), as the evaluation needs them.
 DRAW_SCORE_THRESHOLD = 0.5
+# detect/export --fc-rank's default fit (to the responses of fc6/fc7): this many proposals of the
+# SVMs' training split, drawn evenly over its images with this seed.
+FC_RANK_FIT_WINDOWS = 10_000
+FC_RANK_FIT_SEED = 0
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ them), the softmax as it is.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -38,10 +37,12 @@ from sppdet.detector.core.config import (
     section_from_dict,
 )
 from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.detection.fc_rank import compressed_head, head_source, svm_split
 from sppdet.detector.detection.postprocess import Candidates
 from sppdet.detector.heads.bbox_reg import BoxRegressor
 from sppdet.detector.heads.calibration import PlattScaling
 from sppdet.detector.heads.fc import FcHead
+from sppdet.detector.heads.lowrank import FcRank
 from sppdet.detector.heads.svm import LinearScorer
 from sppdet.detector.training.bbox import load_bbox
 from sppdet.detector.training.finetune import load_head
@@ -143,11 +144,11 @@ def load_window_scorer(
     bbox: bool,
     runtime: Runtime | None = None,
     scoring: str = "svm",
-    fc_rank: tuple[int, int] | None = None,
+    fc_rank: FcRank | None = None,
 ) -> WindowScorer:
     """WORK's trained heads for INPUTS, the fc layers on the runtime's device; SCORING picks the
-    scorer (``SCORERS``: softmax needs the fine-tuned head); FC_RANK (r6, r7) replaces fc6 and
-    fc7 by their truncated SVDs (``compressed_head``)."""
+    scorer (``SCORERS``: softmax needs the fine-tuned head); FC_RANK replaces fc6 and fc7 by
+    rank-r layers (``fc_rank.compressed_head``)."""
     runtime = runtime or Runtime()
     check_scoring(scoring, inputs.features)
     scorer, svm = load_svm(work, inputs)
@@ -157,7 +158,8 @@ def load_window_scorer(
         head = feature_head(work, inputs, svm["layer"], svm["finetuned"], runtime.device)
     if fc_rank is not None:
         source = head_source(work, svm["made_from"], scoring)
-        head = compressed_head(work, head, source, fc_rank).to(runtime.device)
+        split = svm_split(work, svm, inputs.dataset.split)
+        head = compressed_head(work, head, source, fc_rank, split).to(runtime.device)
     regressor, bbox_scale = load_bbox(work, inputs) if bbox else (None, 1.0)
     scale = float(svm["scale"])
     calibration = PlattScaling.of_svm(svm)
@@ -203,63 +205,29 @@ def window_candidates(
     return Candidates.concatenate(parts)
 
 
-def head_source(work: WorkDir, svm_made_from: dict[str, Any], scoring: str) -> dict[str, Any]:
-    """What the head a scorer uses was made from, by the SVMs' record (SVM_MADE_FROM): the
-    fine-tuning's fingerprint, or the backbone's head (``pretrained``) with the features'."""
-    if scoring == "softmax":
-        return {"head": work.load_model("finetune", MADE_BY["finetune"])["fingerprint"]}
-    return {"head": svm_made_from["head"], "features": svm_made_from["features"]}
-
-
-def compressed_head(
-    work: WorkDir, head: FcHead | None, source: dict[str, Any], ranks: tuple[int, int]
-) -> FcHead:
-    """HEAD with fc6 and fc7 truncated to RANKS (``FcHead.compressed``), read from
-    WORK/models/fc-rank-R6-R7.pt when that was made from the same head (SOURCE), else computed
-    (an SVD per layer: seconds for a 1,024-wide head, minutes for a 4,096-wide one on a CPU)
-    and saved there. Its state is on the CPU, as HEAD's device is the caller's business."""
-    if head is None:
-        raise SppdetError(
-            f"--fc-rank {','.join(map(str, ranks))}: these SVMs read pool5, with no fc6/fc7 to "
-            "compress ; leave out --fc-rank, or train the SVMs on fc7 (train-svm --layer fc7)"
-        )
-    name = f"fc-rank-{ranks[0]}-{ranks[1]}"
-    made = {"source": source, "fc_rank": list(ranks)}
-    path = work.model(name)
-    if path.is_file():
-        saved = work.load_model(name, "sppdet detect --fc-rank")
-        if saved.get("fingerprint") == fingerprint(made):
-            head = head.cpu()
-            head.load_state_dict(saved["head"])  # reshapes fc6/fc7 as the state has them
-            return head
-    start = time.perf_counter()
-    small = head.cpu().compressed(ranks)
-    log.info(
-        "fc6/fc7 truncated to ranks %s in %.1f s: %s", ranks, time.perf_counter() - start, path
-    )
-    state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
-    work.save_model(name, {"fingerprint": fingerprint(made), "made_from": made, "head": state})
-    return small
-
-
-def model_with_fc_rank(
-    work: WorkDir, model: dict[str, Any], ranks: tuple[int, int]
-) -> dict[str, Any]:
+def model_with_fc_rank(work: WorkDir, model: dict[str, Any], compression: FcRank) -> dict[str, Any]:
     """MODEL, a model dict made from WORK (``inference.model``), with the SVMs' fc6/fc7
-    truncated to RANKS (``compressed_head``, so WORK keeps them): the head's state replaced, the
-    ranks recorded as ``fc_rank`` and the fingerprint made with them."""
+    replaced as COMPRESSION says (``compressed_head``, so WORK keeps them): the head's state
+    replaced, the ranks and fit recorded (``fc_rank``, ``fc_rank_fit``) and the fingerprint made
+    with them."""
     record = model["head"]
     source = head_source(work, model["made_from"]["svm"], "svm")
     if record is None:  # pool5 SVMs: compressed_head says so
-        compressed_head(work, None, source, ranks)
+        compressed_head(work, None, source, compression)
     head = FcHead(int(record["in_dim"]), int(record["hidden"]), int(record["outputs"]), 0.0)
     head.load_state_dict(record["state"])
-    small = compressed_head(work, head.eval(), source, ranks)
+    split = svm_split(work, work.load_model("svm", MADE_BY["svm"]))
+    small = compressed_head(work, head.eval(), source, compression, split)
     state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
     detect = section_from_dict(DetectConfig, model["detect"], str(work.root), "export it again")
-    made = detector_fingerprint(work, detect, model["bbox"] is not None, fc_rank=ranks)
-    head_record = {**record, "state": state}
-    return {**model, "head": head_record, "fc_rank": list(ranks), "fingerprint": fingerprint(made)}
+    made = detector_fingerprint(work, detect, model["bbox"] is not None, fc_rank=compression)
+    return {
+        **model,
+        "head": {**record, "state": state},
+        "fc_rank": list(compression.ranks),
+        "fc_rank_fit": compression.fit,
+        "fingerprint": fingerprint(made),
+    }
 
 
 def detector_fingerprint(
@@ -268,7 +236,7 @@ def detector_fingerprint(
     bbox: bool,
     features: str = "spp",
     scoring: str = "svm",
-    fc_rank: tuple[int, int] | None = None,
+    fc_rank: FcRank | None = None,
 ) -> dict[str, Any]:
     svm, box = model_name("svm", features), model_name("bbox", features)
     made = {"svm": work.load_model(svm, MADE_BY[svm])["fingerprint"], "detect": as_dict(cfg)}
@@ -280,5 +248,5 @@ def detector_fingerprint(
         made["softmax_threshold"] = SOFTMAX_SCORE_THRESHOLD
         made["finetune"] = work.load_model("finetune", MADE_BY["finetune"])["fingerprint"]
     if fc_rank is not None:  # absent at full rank, as for the scorer
-        made["fc_rank"] = list(fc_rank)
+        made.update(fc_rank.record())
     return made

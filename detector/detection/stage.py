@@ -56,6 +56,7 @@ from sppdet.detector.evaluation.coco import (
 )
 from sppdet.detector.evaluation.results import write_voc_results
 from sppdet.detector.evaluation.voc import ClassDetections
+from sppdet.detector.heads.lowrank import FcRank
 from sppdet.detector.training.inputs import (
     MADE_BY,
     SplitInputs,
@@ -75,13 +76,12 @@ CANDIDATE_FIELDS = ("windows", "boxes", "scores", "labels")
 SHORTER_DETECT = "a smaller --split"  # the ETA warning's advice
 
 
-def results_folder(
-    inputs: SplitInputs, scoring: str = "svm", fc_rank: tuple[int, int] | None = None
-) -> str:
+def results_folder(inputs: SplitInputs, scoring: str = "svm", fc_rank: FcRank | None = None) -> str:
     """The folder of WORK/detections/ of INPUTS scored by SCORING: test (the SVMs), test-softmax;
-    with fc6/fc7 truncated to FC_RANK, test-fc512x256 (test-softmax-fc512x256)."""
+    with fc6/fc7 at ranks FC_RANK, test-fc512x256 (test-softmax-fc512x256, and
+    test-fc512x256-weights for the weights' fit)."""
     name = inputs.results_name if scoring == "svm" else f"{inputs.results_name}-{scoring}"
-    return name if fc_rank is None else f"{name}-fc{fc_rank[0]}x{fc_rank[1]}"
+    return name if fc_rank is None else f"{name}-fc{fc_rank.tag}"
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def run_detect(
     runtime: Runtime | None = None,
     scoring: str = "svm",
     min_probability: float = 0.0,
-    fc_rank: tuple[int, int] | None = None,
+    fc_rank: FcRank | None = None,
 ) -> ScoredDetectResult:
     """Detect on every image of the split on the runtime's device; returns the output folder
     and detection counts (and, with mixed precision, how far it moves the scores).
@@ -120,7 +120,8 @@ def run_detect(
     (``detect_shard``) reopen the split from DATA, the dataset INPUTS were opened from.
     SCORING picks the scorer (scorer.SCORERS; softmax's results go to WORK/detections/S-softmax);
     the results keep the detections whose probability is above MIN_PROBABILITY (0: all).
-    FC_RANK (r6, r7) truncates fc6/fc7 (``scorer.compressed_head``; results in S-fcR6xR7).
+    FC_RANK replaces fc6/fc7 by rank-r layers (``fc_rank.compressed_head``; results in
+    S-fcR6xR7).
     """
     runtime = runtime or Runtime()
     inputs.check_images()
@@ -293,7 +294,7 @@ def detect_settings(
     data: str | Path | None,
     runtime: Runtime | None = None,
     scoring: str = "svm",
-    fc_rank: tuple[int, int] | None = None,
+    fc_rank: FcRank | None = None,
 ) -> dict[str, Any]:
     """What a ``detect_shard`` task needs to rebuild INPUTS and the detector in its process.
 

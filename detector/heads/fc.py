@@ -8,7 +8,8 @@ first) drawn from N(0, 0.01), as in the paper.
 expects the trunk's own activations); a randomly initialised fc6 gets the factor that brings the
 mean input norm to a fixed value, so SGD sees the same input scale whatever the trunk's.
 
-``compressed((r6, r7))`` is a copy whose fc6 and fc7 are their truncated SVDs (``lowrank``);
+``compressed((r6, r7))`` is a copy whose fc6 and fc7 are rank-r layers (``lowrank``: the truncated
+SVDs of the weights, or, given sample windows, the best fit to the layers' responses);
 ``fc_rank`` says which ranks a head has, and ``load_state_dict`` takes either kind of state,
 shaping fc6/fc7 after it, so code that saves and loads heads needs no flag for it.
 """
@@ -16,13 +17,19 @@ shaping fc6/fc7 after it, so code that saves and loads heads needs no flag for i
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from sppdet.detector.heads.lowrank import COMPRESSIBLE, LowRankLinear, check_rank, truncated_svd
+from sppdet.detector.heads.lowrank import (
+    COMPRESSIBLE,
+    LowRankLinear,
+    check_rank,
+    fitted_to_responses,
+    truncated_svd,
+)
 
 LAYERS = ("pool5", "fc6", "fc7")
 
@@ -56,21 +63,39 @@ class FcHead(nn.Module):
         ]
         return ranks[0], ranks[1]
 
-    def compressed(self, ranks: Sequence[int]) -> FcHead:
-        """A copy whose fc6 and fc7 are their truncated SVDs of RANKS (r6, r7), computed from
-        this head's weights (which must be full layers); fc8 and the input scale are kept."""
+    def compressed(
+        self,
+        ranks: Sequence[int],
+        windows: Callable[[], Iterable[torch.Tensor]] | None = None,
+    ) -> FcHead:
+        """A copy whose fc6 and fc7 are rank-RANKS (r6, r7) layers computed from this head's
+        full layers; fc8 and the input scale are kept. Without WINDOWS, their truncated SVDs
+        (the ``weights`` fit); with it, a callable giving batches of pooled windows afresh at
+        each call, the ``responses`` fit: fc6 to its responses to those windows, then fc7 to
+        its responses to the rank-r6 fc6's outputs, the inputs it will see."""
         if len(ranks) != len(COMPRESSIBLE):
             raise ValueError(f"give {len(COMPRESSIBLE)} ranks (fc6, fc7), not {list(ranks)}")
-        low = {}
-        for name, rank in zip(COMPRESSIBLE, ranks, strict=True):
+        for name in COMPRESSIBLE:
             layer = getattr(self, name)
             if not isinstance(layer, nn.Linear):
                 raise ValueError(f"{name} is compressed already (rank {layer.rank})")
-            low[name] = truncated_svd(layer, int(rank), name)
         head = copy.deepcopy(self)
-        for name, layer in low.items():
-            setattr(head, name, layer)
+        with torch.no_grad():
+            for name, rank in zip(COMPRESSIBLE, ranks, strict=True):
+                layer = getattr(self, name)
+                if windows is None:
+                    low = truncated_svd(layer, int(rank), name)
+                else:
+                    below = head.fc6 if name == "fc7" else None
+                    inputs = (head.layer_input(batch, below) for batch in windows())
+                    low = fitted_to_responses(layer, int(rank), inputs, name)
+                setattr(head, name, low)
         return head
+
+    def layer_input(self, pooled: torch.Tensor, below: nn.Module | None) -> torch.Tensor:
+        """fc6's input for POOLED windows, or with BELOW (an fc6) the next layer's."""
+        x = pooled.to(self.input_scale.dtype) * self.input_scale
+        return x if below is None else torch.relu(below(x))
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False

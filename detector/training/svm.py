@@ -182,6 +182,7 @@ def run_train_svm(
             "layer": cfg.layer,
             "finetuned": finetuned,
             "classes": list(classes),
+            "split": inputs.dataset.split,  # not fingerprinted: --fc-rank samples its windows
             "stats": stats,
         },
     )  # saved before calibrating: after an interrupt, the rerun only calibrates
