@@ -33,12 +33,6 @@ except ImportError:  # older typer re-exports the click package's exceptions
 PACKAGE = "sppdet"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 INTERRUPTED = "sppdet: interrupted; finished work is kept, rerun the same command to resume"
-# What a missing OpenCV contrib module means, and the package that brings it back.
-NO_XIMGPROC = (
-    "cv2.ximgproc: this OpenCV lacks the contrib modules (plain opencv-python was installed over "
-    "them?) ; pip uninstall opencv-python opencv-python-headless && pip install "
-    "opencv-contrib-python-headless"
-)
 
 app = typer.Typer(
     name="sppdet",
@@ -167,11 +161,6 @@ def _run(argv: list[str] | None) -> int:
             raise
         print(_error_line(failure), file=sys.stderr)
         return failure.exit_code
-    except AttributeError as exc:  # OpenCV without contrib: cv2.ximgproc, wherever first used
-        if exc.name != "ximgproc":
-            raise
-        print(_error_line(SppdetError(NO_XIMGPROC)), file=sys.stderr)
-        return SppdetError.exit_code
     except typer.Exit as exc:
         return exc.exit_code
     except UsageFailure as exc:

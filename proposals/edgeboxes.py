@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from sppdet.detector.core.config import ProposalConfig
+from sppdet.proposals.contrib import ximgproc
 from sppdet.proposals.edges import builtin_edge_maps
 from sppdet.proposals.ranking import finalize
 from sppdet.proposals.selective_search import downscale, scale_back
@@ -39,7 +39,7 @@ def edge_boxes_raw(
     edges: np.ndarray, orientation: np.ndarray, cfg: ProposalConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """EdgeBoxes on given maps: 0-based inclusive boxes [N, 4] (int64) and scores [N]."""
-    detector = cv2.ximgproc.createEdgeBoxes(
+    detector = ximgproc().createEdgeBoxes(
         alpha=cfg.eb_alpha,
         beta=cfg.eb_beta,
         eta=1.0,

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 
 from sppdet.detector.core.config import ProposalConfig
+from sppdet.proposals.contrib import segmentation
 from sppdet.proposals.ranking import finalize, hierarchy_rank_keys
 
-_SEG = cv2.ximgproc.segmentation
 # The ProposalConfig fields this module reads (besides max_boxes and min_side): they decide the
 # boxes of every method that runs Selective Search, so they go into those methods' fingerprints.
 SELECTIVE_SEARCH_SETTINGS = (
@@ -72,11 +72,12 @@ def _colour_images(rgb: np.ndarray, quality: bool) -> list[np.ndarray]:
 
 
 def _strategies(quality: bool) -> list[object]:
-    colour = _SEG.createSelectiveSearchSegmentationStrategyColor
-    fill = _SEG.createSelectiveSearchSegmentationStrategyFill
-    texture = _SEG.createSelectiveSearchSegmentationStrategyTexture
-    size = _SEG.createSelectiveSearchSegmentationStrategySize
-    multiple = _SEG.createSelectiveSearchSegmentationStrategyMultiple
+    seg = segmentation()
+    colour = seg.createSelectiveSearchSegmentationStrategyColor
+    fill = seg.createSelectiveSearchSegmentationStrategyFill
+    texture = seg.createSelectiveSearchSegmentationStrategyTexture
+    size = seg.createSelectiveSearchSegmentationStrategySize
+    multiple = seg.createSelectiveSearchSegmentationStrategyMultiple
     strategies = [
         multiple(colour(), fill(), texture(), size()),
         multiple(fill(), texture(), size()),
@@ -93,13 +94,14 @@ def segmentation_groups(rgb: np.ndarray, cfg: ProposalConfig, quality: bool) -> 
     in OpenCV's (random) order, which the ranking key makes irrelevant.
     """
     ks = [cfg.ss_base_k + i * cfg.ss_inc_k for i in range(5 if quality else 3)]
+    seg = segmentation()
     groups = []
     for image in _colour_images(rgb, quality):
         for k in ks:
-            search = _SEG.createSelectiveSearchSegmentation()
+            search = seg.createSelectiveSearchSegmentation()
             search.addImage(image)
             search.addGraphSegmentation(
-                _SEG.createGraphSegmentation(cfg.ss_sigma, float(k), cfg.ss_min_region)
+                seg.createGraphSegmentation(cfg.ss_sigma, float(k), cfg.ss_min_region)
             )
             for strategy in _strategies(quality):
                 search.addStrategy(strategy)

@@ -20,16 +20,14 @@ once for both costs one Felzenszwalb pass more per (k, colour space), a small sh
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import cv2
 import numpy as np
 
 from sppdet.detector.core.config import ProposalConfig
+from sppdet.proposals.contrib import segmentation
 from sppdet.proposals.ranking import finalize, hierarchy_rank_keys
 from sppdet.proposals.selective_search import scale_back
 
-_SEG = cv2.ximgproc.segmentation
 # The ProposalConfig fields this module reads (besides max_boxes and min_side): they go into the
 # fingerprint of every method that runs it.
 RCNN_SELECTIVE_SEARCH_SETTINGS = (
@@ -41,11 +39,12 @@ SIMILARITY_SETS: dict[str, tuple[str, ...]] = {
     "colour+texture+size+fill": ("colour", "texture", "size", "fill"),
     "texture+size+fill": ("texture", "size", "fill"),
 }
-_STRATEGIES: dict[str, Callable[[], object]] = {
-    "colour": _SEG.createSelectiveSearchSegmentationStrategyColor,
-    "texture": _SEG.createSelectiveSearchSegmentationStrategyTexture,
-    "size": _SEG.createSelectiveSearchSegmentationStrategySize,
-    "fill": _SEG.createSelectiveSearchSegmentationStrategyFill,
+# OpenCV's factory of each similarity, in cv2.ximgproc.segmentation.
+_STRATEGIES: dict[str, str] = {
+    "colour": "createSelectiveSearchSegmentationStrategyColor",
+    "texture": "createSelectiveSearchSegmentationStrategyTexture",
+    "size": "createSelectiveSearchSegmentationStrategySize",
+    "fill": "createSelectiveSearchSegmentationStrategyFill",
 }
 
 
@@ -63,16 +62,18 @@ def resize_to_width(rgb: np.ndarray, width: int, enlarge: bool) -> np.ndarray:
 
 def similarity_strategy(name: str) -> object:
     """OpenCV's strategy for one similarity set of SIMILARITY_SETS (an equal-weight sum)."""
-    parts = [_STRATEGIES[part]() for part in SIMILARITY_SETS[name]]
-    return _SEG.createSelectiveSearchSegmentationStrategyMultiple(*parts)
+    seg = segmentation()
+    parts = [getattr(seg, _STRATEGIES[part])() for part in SIMILARITY_SETS[name]]
+    return seg.createSelectiveSearchSegmentationStrategyMultiple(*parts)
 
 
 def hierarchy_boxes(image: np.ndarray, sigma: float, k: int, similarity: str) -> np.ndarray:
     """The boxes of one hierarchical grouping of IMAGE (already in its colour space), seeded by a
     Felzenszwalb segmentation with min size = K: int64 [n, 4] inclusive x1 y1 x2 y2."""
-    search = _SEG.createSelectiveSearchSegmentation()
+    seg = segmentation()
+    search = seg.createSelectiveSearchSegmentation()
     search.addImage(image)
-    search.addGraphSegmentation(_SEG.createGraphSegmentation(sigma, float(k), int(k)))
+    search.addGraphSegmentation(seg.createGraphSegmentation(sigma, float(k), int(k)))
     search.addStrategy(similarity_strategy(similarity))
     rects = np.asarray(search.process(), np.int64).reshape(-1, 4)  # x, y, w, h
     return np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:] - 1], axis=1)

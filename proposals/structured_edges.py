@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from sppdet.detector.core.errors import SppdetError
+from sppdet.proposals.contrib import ximgproc
 
 _MODEL_OPTIONS = ("stride", "shrinkNumber", "patchSize", "patchInnerSize", "numberOfTrees",
                   "numberOfTreesToEvaluate", "numberOfGradientOrientations",
@@ -65,8 +67,9 @@ def check_edge_model(path: str | Path) -> Path:
 
 
 @lru_cache(maxsize=2)
-def _detector(path: str) -> cv2.ximgproc.StructuredEdgeDetection:
-    return cv2.ximgproc.createStructuredEdgeDetection(str(check_edge_model(path)))
+def _detector(path: str) -> Any:
+    """OpenCV's StructuredEdgeDetection with the model at PATH."""
+    return ximgproc().createStructuredEdgeDetection(str(check_edge_model(path)))
 
 
 def structured_edge_maps(rgb: np.ndarray, model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:

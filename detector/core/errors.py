@@ -7,6 +7,13 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+# What a missing OpenCV contrib module means, and the package that brings it back.
+NO_XIMGPROC = (
+    "cv2.ximgproc: this OpenCV lacks the contrib modules (plain opencv-python was installed over "
+    "them?) ; pip uninstall opencv-python opencv-python-headless && pip install "
+    "opencv-contrib-python-headless"
+)
+
 
 class SppdetError(Exception):
     """A user-facing failure: the message names the file or setting and the fix."""

@@ -14,10 +14,11 @@ from importlib.metadata import version
 import pytest
 import typer
 
-from sppdet.cli.app import NO_XIMGPROC, app, configure_logging, logging_to_stderr, run_app
+from sppdet.cli.app import app, configure_logging, logging_to_stderr, run_app
 from sppdet.cli.main import load_commands
 from sppdet.cli.options import BACKBONES_FOR_HELP, PROPOSAL_METHODS_FOR_HELP
 from sppdet.cli.renamed import RENAMED, translate_renamed
+from sppdet.detector.core.errors import NO_XIMGPROC
 from tests.architecture.test_layering import CLI_FORBIDDEN
 from tests.scenes import tiny_voc_tree
 

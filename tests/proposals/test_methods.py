@@ -13,7 +13,7 @@ import pytest
 from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.config import ProposalConfig
-from sppdet.detector.core.errors import SppdetError
+from sppdet.detector.core.errors import NO_XIMGPROC, SppdetError
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.proposals.combined import selective_search_and_edge_boxes
 from sppdet.proposals.edgeboxes import edge_boxes
@@ -205,3 +205,14 @@ def test_a_method_registered_with_one_entry_runs_through_the_stage(
             np.testing.assert_array_equal(store.boxes(image_id), GRID_BOXES_160x120)
     with pytest.raises(SppdetError, match=r"--edge-model is used by --method edgeboxes or ss\+eb"):
         run_proposals(dataset, work, cfg, edge_model=edge_model, progress=False)
+
+
+@pytest.mark.parametrize("method", ["ss-fast", "ss-rcnn", "edgeboxes"])
+def test_opencv_without_contrib_fails_in_one_line_for_the_python_api(monkeypatch, method) -> None:  # type: ignore[no-untyped-def]
+    """A method called from Python (the Detector API, no CLI around it) names the package that
+    brings cv2.ximgproc back, instead of an AttributeError."""
+    monkeypatch.delattr(cv2, "ximgproc")
+    image = np.zeros((40, 60, 3), np.uint8)
+    with pytest.raises(SppdetError) as failure:
+        propose(image, ProposalConfig(method=method))
+    assert str(failure.value) == NO_XIMGPROC
