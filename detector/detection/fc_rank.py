@@ -92,22 +92,29 @@ def compressed_head(
     return small
 
 
-def svm_split(work: WorkDir, svm: dict[str, Any], detected: str | None = None) -> str:
+def svm_split(work: WorkDir, svm: dict[str, Any]) -> str:
     """The split the SVMs of model SVM were trained on: recorded by train-svm; for SVMs trained
-    before it recorded it, the one split other than DETECTED with both proposals and features."""
+    before it recorded it, the split of WORK whose proposals, features and images make the
+    inputs fingerprint the SVMs were made from."""
     if "split" in svm:
         return str(svm["split"])
-    stores = {p.name for p in (work.root / "features").glob("*") if p.is_dir()}
-    stores &= {p.name for p in (work.root / "proposals").glob("*") if p.is_dir()}
-    candidates = sorted(stores - {detected})
-    if len(candidates) != 1:
-        found = ", ".join(candidates) or "none"
-        raise SppdetError(
-            f"{work.model('svm')}: does not record its training split, and the work folder has "
-            f"{found} to choose from ; rerun `sppdet train-svm --split SPLIT` (it records it), or "
-            "use --fc-rank-fit weights"
-        )
-    return candidates[0]
+    for split in sorted(p.name for p in (work.root / "features").glob("*") if p.is_dir()):
+        if not work.proposals(split).is_dir():
+            continue
+        cache = FeatureCache.open(work, split)
+        made = {
+            "proposals": open_proposals(work, split).fingerprint,
+            "features": cache.fingerprint,
+            "images": cache.image_ids,
+        }
+        cache.close()
+        if fingerprint(made) == svm["made_from"]["inputs"]:
+            return split
+    raise SppdetError(
+        f"{work.model('svm')}: does not record its training split, and no split of the work "
+        "folder matches the inputs it was trained on ; rerun `sppdet train-svm` (it records its "
+        "split), or use --fc-rank-fit weights"
+    )
 
 
 def fit_windows(

@@ -151,6 +151,11 @@ def load_window_scorer(
     rank-r layers (``fc_rank.compressed_head``)."""
     runtime = runtime or Runtime()
     check_scoring(scoring, inputs.features)
+    if fc_rank is not None and fc_rank.fit == "responses" and inputs.features != "spp":
+        raise SppdetError(
+            f"--fc-rank with --features {inputs.features}: the responses' fit samples SPP "
+            "windows ; add --fc-rank-fit weights"
+        )
     scorer, svm = load_svm(work, inputs)
     if scoring == "softmax":
         head = load_head(work, inputs).to(runtime.device)
@@ -158,7 +163,7 @@ def load_window_scorer(
         head = feature_head(work, inputs, svm["layer"], svm["finetuned"], runtime.device)
     if fc_rank is not None:
         source = head_source(work, svm["made_from"], scoring)
-        split = svm_split(work, svm, inputs.dataset.split)
+        split = svm_split(work, svm)
         head = compressed_head(work, head, source, fc_rank, split).to(runtime.device)
     regressor, bbox_scale = load_bbox(work, inputs) if bbox else (None, 1.0)
     scale = float(svm["scale"])

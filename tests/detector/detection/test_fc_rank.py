@@ -4,7 +4,9 @@ WORK/models, used by the detect stage, named in its fingerprint, carried into th
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -131,7 +133,7 @@ def test_responses_are_fitted_on_the_svms_training_windows(trained) -> None:  # 
     data, work = trained
     inputs = open_split(work, data, "test", CLASSES)
     _, svm = load_svm(work, inputs)
-    assert svm_split(work, svm, "test") == "trainval"  # recorded by train-svm
+    assert svm_split(work, svm) == "trainval"  # recorded by train-svm
     batches, sample = fit_windows(work, "trainval", 50, seed=0)
     pooled = torch.cat(list(batches()))
     assert torch.equal(pooled, torch.cat(list(batches())))  # the same windows at every call
@@ -150,8 +152,19 @@ def test_responses_are_fitted_on_the_svms_training_windows(trained) -> None:  # 
     assert model_file(FcRank((7, 6))) == "fc-rank-7-6"
 
 
-def test_svms_from_before_the_split_was_recorded_use_the_other_split(trained) -> None:  # type: ignore[no-untyped-def]
-    _, work = trained
-    assert svm_split(work, {}, "test") == "trainval"  # the one other split with both stores
+def test_svms_from_before_the_split_was_recorded_find_it_by_their_inputs(trained) -> None:  # type: ignore[no-untyped-def]
+    data, work = trained
+    _, svm = load_svm(work, open_split(work, data, "test", CLASSES))
+    old = {k: v for k, v in svm.items() if k != "split"}  # as train-svm saved it before
+    assert svm_split(work, old) == "trainval"  # the split whose inputs made them
+    other = {**old, "made_from": {**old["made_from"], "inputs": "another split"}}
     with pytest.raises(SppdetError, match="does not record its training split"):
-        svm_split(work, {}, None)  # trainval and test: which one is not known
+        svm_split(work, other)
+
+
+def test_responses_fit_needs_spp_features(trained) -> None:  # type: ignore[no-untyped-def]
+    data, work = trained
+    inputs = open_split(work, data, "test", CLASSES)
+    rcnn = dataclasses.replace(inputs, cache=SimpleNamespace(source="rcnn"))
+    with pytest.raises(SppdetError, match="add --fc-rank-fit weights"):
+        load_window_scorer(work, rcnn, DetectConfig(), False, fc_rank=FcRank((4, 3)))
