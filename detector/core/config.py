@@ -120,7 +120,10 @@ class BenchConfig:
     one_scale: tuple[int, ...] = SINGLE_SCALE
     five_scales: tuple[int, ...] = RELEASED_SCALES_5
     svm_classes: int = 20  # SVMs scored when no trained model is given (PASCAL VOC's 20)
-    repeats: int = 1  # timed runs per image and part (after one warm-up image)
+    # Timed passes of the SPP side per image, the median kept: its parts take tenths of a second,
+    # which a shared machine's load moves by tens of percent from one pass to the next. R-CNN's
+    # one pass over its windows (tens of seconds) averages them already.
+    repeats: int = 5
 
 
 @dataclass(frozen=True)

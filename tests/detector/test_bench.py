@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from sppdet.cli.app import run_app
 from sppdet.cli.main import load_commands
+from sppdet.detector import bench as bench_module
 from sppdet.detector.backbones.weights import load_backbone
 from sppdet.detector.bench import (
     PARTS,
@@ -252,3 +254,41 @@ def test_bench_with_truncated_fc_layers(data: Path) -> None:
     assert report.fc_rank == (8, 4)
     assert report.macs["rcnn_fc"] == report.macs["spp_fc"] == 8 * (8 * (12800 + 48) + 4 * 96)
     assert report.work_ratio == pytest.approx(speedups(report.macs))
+
+
+def test_spp_parts_are_the_median_of_their_passes(data: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One pass slowed by other jobs does not decide the SPP side's seconds: each SPP part is
+    timed over ``repeats`` passes and the median kept; R-CNN's parts run once. A simulated clock
+    advances 1 ms per reading, so a part takes 1 ms, and fc6-fc7 more: 0 in the warm-up, 1 s for
+    R-CNN's windows, then 0.1, 5 (a pass that waited on another job) and 0.2 s for the SPP
+    side's three passes."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1e-3
+        return now[0]
+
+    durations = iter([0.0, 0.0, 1.0, 0.1, 5.0, 0.2])
+    real_fc7 = bench_module.fc7
+
+    def fc7(bench: Any, pool5: torch.Tensor, precision: str) -> torch.Tensor:
+        now[0] += next(durations)
+        return real_fc7(bench, pool5, precision)
+
+    monkeypatch.setattr(bench_module, "fc7", fc7)
+    cfg = preset("released")
+    cfg = dataclasses.replace(
+        cfg,
+        finetune=dataclasses.replace(cfg.finetune, fc_dim=48),
+        bench=dataclasses.replace(
+            cfg.bench, images=1, windows=8, one_scale=(64,), five_scales=(48, 64), repeats=3
+        ),
+    )
+    features = FeatureConfig(device="cpu")
+    dataset = load_dataset(data, "test")
+    report = run_bench(dataset, features, cfg, progress=False, clock=clock)
+    ms = 1e-3  # the clock's step; sums of a few float64 steps round near 1e-15
+    assert report.per_image["rcnn_fc"] == pytest.approx(1.0 + ms, abs=1e-12)
+    assert report.per_image["spp_fc"] == pytest.approx(0.2 + ms, abs=1e-12)  # the median pass
+    assert report.per_image["svm"] == pytest.approx(ms, abs=1e-12)
+    assert next(durations, None) is None  # fc6-fc7 ran exactly 2 + 1 + 3 times
