@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from functools import cache as cache_result
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.features.reader import FeatureCache
 from sppdet.detector.heads.fc import FcHead
 from sppdet.detector.heads.lowrank import FcRank
-from sppdet.detector.training.inputs import FEATURE_CHUNK, MADE_BY
+from sppdet.detector.training.inputs import FEATURE_CHUNK, MADE_BY, inputs_fingerprint
 from sppdet.proposals.store import open_proposals
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,12 @@ def compressed_head(
     return small
 
 
+def fit_split(work: WorkDir, svm: dict[str, Any], compression: FcRank) -> str | None:
+    """The split COMPRESSION's fit samples windows from: the SVMs' training split
+    (``svm_split``) for the responses' fit; None for the weights', which needs none."""
+    return svm_split(work, svm) if compression.fit == "responses" else None
+
+
 def svm_split(work: WorkDir, svm: dict[str, Any]) -> str:
     """The split the SVMs of model SVM were trained on: recorded by train-svm; for SVMs trained
     before it recorded it, the split of WORK whose proposals, features and images make the
@@ -101,14 +108,11 @@ def svm_split(work: WorkDir, svm: dict[str, Any]) -> str:
     for split in sorted(p.name for p in (work.root / "features").glob("*") if p.is_dir()):
         if not work.proposals(split).is_dir():
             continue
-        cache = FeatureCache.open(work, split)
-        made = {
-            "proposals": open_proposals(work, split).fingerprint,
-            "features": cache.fingerprint,
-            "images": cache.image_ids,
-        }
-        cache.close()
-        if fingerprint(made) == svm["made_from"]["inputs"]:
+        with FeatureCache.open(work, split) as cache:
+            made = inputs_fingerprint(
+                open_proposals(work, split).fingerprint, cache.fingerprint, cache.image_ids
+            )
+        if made == svm["made_from"]["inputs"]:
             return split
     raise SppdetError(
         f"{work.model('svm')}: does not record its training split, and no split of the work "
@@ -128,20 +132,25 @@ def fit_windows(
     images = cache.image_ids
     if not images:
         raise SppdetError(f"{cache.store.root}: no cached images to fit --fc-rank on")
-    rng = np.random.default_rng(seed)
-    per_image = -(-count // len(images))
-    picks = []
-    for image_id in images:
-        boxes = proposals.boxes(image_id)
-        take = rng.choice(len(boxes), size=min(per_image, len(boxes)), replace=False)
-        if len(take):
-            picks.append((image_id, boxes[np.sort(take)]))
-    if sum(len(b) for _, b in picks) < 2:
-        raise SppdetError(f"{proposals.root}: too few proposals to fit --fc-rank on")
+
+    @cache_result
+    def picks() -> list[tuple[str, np.ndarray]]:
+        """The sampled windows, drawn once, at the first fit (not when a kept head is read)."""
+        rng = np.random.default_rng(seed)
+        per_image = -(-count // len(images))
+        chosen = []
+        for image_id in images:
+            boxes = proposals.boxes(image_id)
+            take = rng.choice(len(boxes), size=min(per_image, len(boxes)), replace=False)
+            if len(take):
+                chosen.append((image_id, boxes[np.sort(take)]))
+        if sum(len(b) for _, b in chosen) < 2:
+            raise SppdetError(f"{proposals.root}: too few proposals to fit --fc-rank on")
+        return chosen
 
     def batches() -> Iterator[torch.Tensor]:
         parts, size = [], 0
-        for image_id, boxes in picks:
+        for image_id, boxes in picks():
             parts.append(cache.pooled(image_id, boxes))
             size += len(boxes)
             if size >= FEATURE_CHUNK:

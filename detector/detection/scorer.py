@@ -37,7 +37,7 @@ from sppdet.detector.core.config import (
     section_from_dict,
 )
 from sppdet.detector.core.errors import SppdetError
-from sppdet.detector.detection.fc_rank import compressed_head, head_source, svm_split
+from sppdet.detector.detection.fc_rank import compressed_head, fit_split, head_source
 from sppdet.detector.detection.postprocess import Candidates
 from sppdet.detector.heads.bbox_reg import BoxRegressor
 from sppdet.detector.heads.calibration import PlattScaling
@@ -163,7 +163,7 @@ def load_window_scorer(
         head = feature_head(work, inputs, svm["layer"], svm["finetuned"], runtime.device)
     if fc_rank is not None:
         source = head_source(work, svm["made_from"], scoring)
-        split = svm_split(work, svm)
+        split = fit_split(work, svm, fc_rank)
         head = compressed_head(work, head, source, fc_rank, split).to(runtime.device)
     regressor, bbox_scale = load_bbox(work, inputs) if bbox else (None, 1.0)
     scale = float(svm["scale"])
@@ -221,7 +221,7 @@ def model_with_fc_rank(work: WorkDir, model: dict[str, Any], compression: FcRank
         compressed_head(work, None, source, compression)
     head = FcHead(int(record["in_dim"]), int(record["hidden"]), int(record["outputs"]), 0.0)
     head.load_state_dict(record["state"])
-    split = svm_split(work, work.load_model("svm", MADE_BY["svm"]))
+    split = fit_split(work, work.load_model("svm", MADE_BY["svm"]), compression)
     small = compressed_head(work, head.eval(), source, compression, split)
     state = {k: v.detach().cpu() for k, v in small.state_dict().items()}
     detect = section_from_dict(DetectConfig, model["detect"], str(work.root), "export it again")

@@ -141,10 +141,14 @@ def open_split(
         else RcnnCache.open(work, split)
     )
     ids = [r.image_id for r in dataset.records]
-    key = fingerprint(
-        {"proposals": proposals.fingerprint, "features": cache.fingerprint, "images": ids}
-    )
+    key = inputs_fingerprint(proposals.fingerprint, cache.fingerprint, ids)
     return SplitInputs(dataset, proposals.boxes, cache, key)
+
+
+def inputs_fingerprint(proposals: str, features: str, image_ids: Sequence[str]) -> str:
+    """What a stage trained on a split's inputs records: the proposal and feature stores'
+    fingerprints and the images, in order (``SplitInputs.inputs_fingerprint``)."""
+    return fingerprint({"proposals": proposals, "features": features, "images": list(image_ids)})
 
 
 def feature_settings_fingerprint(cache: WindowFeatures) -> str:

@@ -32,7 +32,7 @@ from sppdet.detector.bench import (
     spp_shares,
     trunk_macs,
 )
-from sppdet.detector.core.config import FeatureConfig, preset
+from sppdet.detector.core.config import FeatureConfig, PipelineConfig, preset
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.images import read_image
 from sppdet.detector.data.synthetic import make_synthetic_voc
@@ -239,15 +239,20 @@ def test_cli_reports_every_part_and_the_precision_check(data: Path, tmp_path: Pa
     assert "--fc-rank 2000 for fc6 (1024 x 12800)" in capsys.readouterr().err
 
 
-def test_bench_with_truncated_fc_layers(data: Path) -> None:
+def _small_bench(**bench: Any) -> PipelineConfig:
+    """The released preset with a 48-wide head and a bench of 1 image, 8 windows, small scales."""
     cfg = preset("released")
-    cfg = dataclasses.replace(
+    return dataclasses.replace(
         cfg,
         finetune=dataclasses.replace(cfg.finetune, fc_dim=48),
         bench=dataclasses.replace(
-            cfg.bench, images=1, windows=8, one_scale=(64,), five_scales=(48, 64)
+            cfg.bench, images=1, windows=8, one_scale=(64,), five_scales=(48, 64), **bench
         ),
     )
+
+
+def test_bench_with_truncated_fc_layers(data: Path) -> None:
+    cfg = _small_bench()
     dataset = load_dataset(data, "test")
     features = FeatureConfig(device="cpu")
     report = run_bench(dataset, features, cfg, fc_rank=(8, 4), progress=False)
@@ -276,14 +281,7 @@ def test_spp_parts_are_the_median_of_their_passes(data: Path, monkeypatch) -> No
         return real_fc7(bench, pool5, precision)
 
     monkeypatch.setattr(bench_module, "fc7", fc7)
-    cfg = preset("released")
-    cfg = dataclasses.replace(
-        cfg,
-        finetune=dataclasses.replace(cfg.finetune, fc_dim=48),
-        bench=dataclasses.replace(
-            cfg.bench, images=1, windows=8, one_scale=(64,), five_scales=(48, 64), repeats=3
-        ),
-    )
+    cfg = _small_bench(repeats=3)
     features = FeatureConfig(device="cpu")
     dataset = load_dataset(data, "test")
     report = run_bench(dataset, features, cfg, progress=False, clock=clock)

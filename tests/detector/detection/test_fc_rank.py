@@ -18,6 +18,7 @@ from sppdet.detector.core.config import FC_RANK_FIT_SEED, FC_RANK_FIT_WINDOWS, D
 from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.detection.fc_rank import (
     compressed_head,
+    fit_split,
     fit_windows,
     head_source,
     model_file,
@@ -160,6 +161,9 @@ def test_svms_from_before_the_split_was_recorded_find_it_by_their_inputs(trained
     other = {**old, "made_from": {**old["made_from"], "inputs": "another split"}}
     with pytest.raises(SppdetError, match="does not record its training split"):
         svm_split(work, other)
+    assert fit_split(work, other, FcRank((4, 3), "weights")) is None  # the weights need none
+    with pytest.raises(SppdetError, match="does not record its training split"):
+        fit_split(work, other, FcRank((4, 3)))
 
 
 def test_responses_fit_needs_spp_features(trained) -> None:  # type: ignore[no-untyped-def]
