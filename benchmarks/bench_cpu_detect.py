@@ -13,7 +13,11 @@
             bounds (``bench.bounds``) and what bounds them. With --bf16 also once in bf16
             autocast at the first entry's ranks, with the score drift and the detections that
             stay the same (bf16 is never a default).
-3. map      (with --map-work WORK, repeatable) ``sppdet detect --fc-rank`` + ``sppdet
+3. warp     R-CNN's warp of --windows windows of the first image (``bench_windows``, 16 px of
+            context, 224 x 224, batches of ``RcnnConfig.batch_windows``): ``warp_windows``
+            (grid_sample) against torchvision's ``roi_align``, which it replaced, in ms per
+            window, the fastest of --repeats passes, and the largest difference.
+4. map      (with --map-work WORK, repeatable) ``sppdet detect --fc-rank`` + ``sppdet
             evaluate`` of each trained work folder at each --map-ranks entry and each
             --map-fits fit (responses, weights), VOC07 mAP.
 
@@ -44,18 +48,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.ops import roi_align
 
 from sppdet.detector.backbones.trunk import build_trunk, to_device
 from sppdet.detector.backbones.zf5 import ZF5_PREPROCESSING, WithinChannelLRN
-from sppdet.detector.bench import run_bench
+from sppdet.detector.bench import bench_windows, run_bench, spp_shares
 from sppdet.detector.core.config import RELEASED_SCALES_5, SINGLE_SCALE, FeatureConfig, preset
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.images import read_image
 from sppdet.detector.features.conv5 import resize_to_scales
+from sppdet.detector.features.rcnn_warp import context_boxes, warp_size, warp_windows
 
 FC_WINDOWS, FC_IN, FC_OUT = 2000, 12800, 4096  # the fc6 GEMM of 2,000 windows, 4,096 wide
 DETECT_TARGET_S = 0.6  # detect without proposals, 1 scale, 2,000 windows (issue 20)
@@ -211,6 +218,44 @@ def print_layers(result: dict[str, Any]) -> None:
         print()
 
 
+def warp_part(rgb: Any, windows: int, repeats: int) -> dict[str, Any]:
+    """Part 3: R-CNN's warp, grid_sample (now) against roi_align (before), ms per window."""
+    config = preset("released").rcnn
+    size, padding, step = warp_size(config, "zf5"), config.context_padding, config.batch_windows
+    image = ZF5_PREPROCESSING(rgb, CPU)
+    boxes = bench_windows(np.zeros((0, 4)), windows, *rgb.shape[:2], seed=0)
+
+    def by_roi_align(part: np.ndarray) -> torch.Tensor:
+        enlarged = context_boxes(part, size, padding)
+        rois = np.zeros((len(part), 5), np.float32)
+        rois[:, 1:3], rois[:, 3:5] = enlarged[:, :2], enlarged[:, 2:] + 1.0
+        return roi_align(image, torch.from_numpy(rois), (size, size), 1.0, 1, aligned=True)
+
+    out: dict[str, Any] = {"load": load(), "windows": windows, "size": size}
+    for name, warp in (
+        ("roi_align", by_roi_align),
+        ("grid_sample", lambda part: warp_windows(image, part, size, padding)),
+    ):
+        seconds = fastest(
+            lambda w=warp: [w(boxes[k : k + step]) for k in range(0, windows, step)], repeats
+        )
+        out[name] = 1e3 * seconds / windows
+    with torch.inference_mode():
+        diff = (warp_windows(image, boxes[:step], size, padding) - by_roi_align(boxes[:step])).abs()
+    out["max_abs_diff"] = float(diff.max())
+    return out
+
+
+def print_warp(result: dict[str, Any]) -> None:
+    gain = result["roi_align"] / result["grid_sample"]
+    print(
+        f"\n## R-CNN's warp, {result['windows']} windows to {result['size']} px (load "
+        f"{result['load']}): roi_align {result['roi_align']:.3f} ms/window, grid_sample "
+        f"{result['grid_sample']:.3f} ms/window ({gain:.1f}x); "
+        f"largest difference {result['max_abs_diff']:.3g} (pixel values 0-255 less the mean)"
+    )
+
+
 def parse_ranks(text: str) -> list[tuple[int, int] | None]:
     out: list[tuple[int, int] | None] = []
     for entry in text.split(","):
@@ -271,10 +316,14 @@ def print_bench(report: dict[str, Any]) -> None:
     for key, speed in report["speedup"].items():
         work, bound = report["work_ratio"][key], report["bound"][key]
         within = abs(speed / bound - 1) <= 1 - RATIO_TARGET
+        side, tag, _ = key.rsplit("_", 2)
+        shares = spp_shares(per, side, tag)
+        top = max(shares, key=lambda part: shares[part])
         print(
             f"- {key}: {speed:.1f}x faster, {work:.1f}x fewer multiply-adds, bound {bound:.1f}x "
             f"at SPP's measured GFLOP/s (speed-up / bound {speed / bound:.2f}: "
-            f"{'within' if within else 'NOT within'} 10%)"
+            f"{'within' if within else 'NOT within'} 10%); bound by {top}, "
+            f"{100 * shares[top]:.0f}% of SPP's time"
         )
     if report["check"] is not None:
         check = report["check"]
@@ -336,7 +385,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fc-dim", type=int, default=FC_OUT, help="the bench head's width")
     parser.add_argument("--bf16", action="store_true", help="also bench bf16 autocast")
-    parser.add_argument("--parts", default="layers,bench,map")
+    parser.add_argument("--parts", default="layers,bench,warp,map")
     parser.add_argument("--map-work", action="append", default=[])
     parser.add_argument("--map-ranks", default="full,512x256,256x128")
     parser.add_argument("--map-fits", default="responses,weights", help="--fc-rank-fit values")
@@ -358,6 +407,11 @@ def main() -> None:
         print_layers(result["layers"])
     if "bench" in parts:
         result["bench"] = benches(args)
+    if "warp" in parts:
+        dataset = load_dataset(args.data, args.split)
+        rgb = read_image(dataset.records[0].path)
+        result["warp"] = warp_part(rgb, args.windows, args.repeats)
+        print_warp(result["warp"])
     if "map" in parts and args.map_work:
         print("\n## mAP per rank\n")
         result["map"] = map_sweep(args)

@@ -14,9 +14,14 @@ Per image, each part is timed on its own (the device synchronised before and aft
     svm          linear SVM scores of every window for every class
     nms          per-class NMS (0.3) of every scored window, the top 100 kept
 
-The SPP side's parts (tenths of a second each) are timed over ``BenchConfig.repeats`` passes and
-the median kept, so one pass slowed by other jobs does not decide a ratio; R-CNN's parts run once,
-their tens of seconds averaging over the windows already.
+The SPP side is timed over ``BenchConfig.repeats`` passes and each part's median kept, so that
+one pass slowed by other jobs decides no ratio. R-CNN's batches (``RcnnConfig.batch_windows``
+windows, about a second each on a CPU) are shared out between the passes and timed one by one, each
+pass running its share just before the SPP side, and R-CNN's seconds are the median seconds per
+window of its batches, times the windows: both sides of a ratio meet the same load of other jobs,
+in samples of similar length. (Timed one after the other, as before, R-CNN's 30-s block and SPP's
+0.2-s passes met different loads; BENCHMARKS.md, issue 20.) fc6-fc7 on R-CNN's features runs over
+every window at once, as on SPP's, ``repeats`` times.
 
 The windows are the image's proposals, best first, topped up with random boxes (seeded) when the
 method gives fewer than ``--windows``: R-CNN's cost depends on the number of windows, not on
@@ -410,12 +415,18 @@ def bench_image(
         proposals = propose(rgb, dataclasses.replace(cfg.proposals, max_boxes=cfg.bench.windows))
     boxes = bench_windows(proposals, cfg.bench.windows, height, width, seed)
     image = featurizer.prepare(rgb)
-    with timer("rcnn_conv"):
-        rcnn_pool5 = featurizer.pool5(image, boxes)
-    with timer("rcnn_fc"):
-        fc7(bench, rcnn_pool5, bench.precision)
     passes: dict[str, list[float]] = {}
-    for _ in range(max(1, cfg.bench.repeats)):  # the SPP side, timed as the median of passes
+    chunks, per_window = [], []
+    size = max(1, cfg.rcnn.batch_windows)
+    batches = [boxes[k : k + size] for k in range(0, len(boxes), size)]
+    # Each pass runs its share of R-CNN's batches, each timed alone, then the whole SPP side:
+    # both sides meet the same load of other jobs, in samples of similar length.
+    for share in np.array_split(np.arange(len(batches)), max(1, cfg.bench.repeats)):
+        for k in share:
+            rcnn = Timer(bench.device, timer.clock)
+            with rcnn("rcnn_conv"):
+                chunks.append(featurizer.pool5(image, batches[k]))
+            per_window.append(rcnn.seconds["rcnn_conv"] / len(batches[k]))
         spp = Timer(bench.device, timer.clock)
         spp_pool5(bench, rgb, boxes, cfg.bench.one_scale, spp, "1", bench.precision)
         pool5 = spp_pool5(bench, rgb, boxes, cfg.bench.five_scales, spp, "5", bench.precision)
@@ -427,6 +438,13 @@ def bench_image(
             found = detections(bench, boxes, scores)
         for part, seconds in spp.seconds.items():
             passes.setdefault(part, []).append(seconds)
+    passes["rcnn_conv"] = [float(np.median(per_window)) * len(boxes)]
+    rcnn_pool5 = torch.cat(chunks)
+    for _ in range(max(1, cfg.bench.repeats)):  # on every window at once, as spp_fc
+        rcnn = Timer(bench.device, timer.clock)
+        with rcnn("rcnn_fc"):
+            fc7(bench, rcnn_pool5, bench.precision)
+        passes.setdefault("rcnn_fc", []).append(rcnn.seconds["rcnn_fc"])
     for part, seconds in passes.items():
         timer.seconds[part] = timer.seconds.get(part, 0.0) + float(np.median(seconds))
     seconds = {p: timer.seconds[p] - before.get(p, 0.0) for p in PARTS}

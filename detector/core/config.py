@@ -120,9 +120,9 @@ class BenchConfig:
     one_scale: tuple[int, ...] = SINGLE_SCALE
     five_scales: tuple[int, ...] = RELEASED_SCALES_5
     svm_classes: int = 20  # SVMs scored when no trained model is given (PASCAL VOC's 20)
-    # Timed passes of the SPP side per image, the median kept: its parts take tenths of a second,
-    # which a shared machine's load moves by tens of percent from one pass to the next. R-CNN's
-    # one pass over its windows (tens of seconds) averages them already.
+    # Timed passes per image, the median kept: the SPP side's parts take tenths of a second, which
+    # a shared machine's load moves by tens of percent from one pass to the next. Each pass also
+    # runs its share of R-CNN's batches, timed one by one, so both sides meet the same load.
     repeats: int = 5
 
 

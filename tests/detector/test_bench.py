@@ -36,6 +36,7 @@ from sppdet.detector.core.config import FeatureConfig, PipelineConfig, preset
 from sppdet.detector.data.datasets import load_dataset
 from sppdet.detector.data.images import read_image
 from sppdet.detector.data.synthetic import make_synthetic_voc
+from sppdet.detector.features.rcnn_warp import RcnnFeaturizer
 from sppdet.detector.features.reader import FeatureCache
 from sppdet.detector.features.writer import cache_features
 from sppdet.detector.heads.fc import FcHead
@@ -246,7 +247,8 @@ def _small_bench(**bench: Any) -> PipelineConfig:
         cfg,
         finetune=dataclasses.replace(cfg.finetune, fc_dim=48),
         bench=dataclasses.replace(
-            cfg.bench, images=1, windows=8, one_scale=(64,), five_scales=(48, 64), **bench
+            cfg.bench,
+            **{"images": 1, "windows": 8, "one_scale": (64,), "five_scales": (48, 64)} | bench,
         ),
     )
 
@@ -261,32 +263,46 @@ def test_bench_with_truncated_fc_layers(data: Path) -> None:
     assert report.work_ratio == pytest.approx(speedups(report.macs))
 
 
-def test_spp_parts_are_the_median_of_their_passes(data: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """One pass slowed by other jobs does not decide the SPP side's seconds: each SPP part is
-    timed over ``repeats`` passes and the median kept; R-CNN's parts run once. A simulated clock
-    advances 1 ms per reading, so a part takes 1 ms, and fc6-fc7 more: 0 in the warm-up, 1 s for
-    R-CNN's windows, then 0.1, 5 (a pass that waited on another job) and 0.2 s for the SPP
-    side's three passes."""
+def test_every_part_is_the_median_of_its_passes(data: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One pass slowed by other jobs does not decide a part's seconds: the SPP side's parts are
+    timed over ``repeats`` passes and the median kept; R-CNN's batches are shared out between the
+    passes and timed one by one, its seconds the median per window times the windows. A simulated
+    clock advances 1 ms per reading, so a part takes 1 ms plus what is added: fc6-fc7 takes 0 in
+    the warm-up, then 0.1, 5 (a pass that waited on another job) and 0.2 s in the SPP side's
+    three passes, then 1, 7 and 2 s on R-CNN's windows; R-CNN's pool5 takes 0.01 s per window,
+    and its third batch 100 s more."""
     now = [0.0]
 
     def clock() -> float:
         now[0] += 1e-3
         return now[0]
 
-    durations = iter([0.0, 0.0, 1.0, 0.1, 5.0, 0.2])
+    durations = iter([0.0, 0.0, 0.1, 5.0, 0.2, 1.0, 7.0, 2.0])
     real_fc7 = bench_module.fc7
 
     def fc7(bench: Any, pool5: torch.Tensor, precision: str) -> torch.Tensor:
         now[0] += next(durations)
         return real_fc7(bench, pool5, precision)
 
+    batch_sizes = []
+    real_pool5 = RcnnFeaturizer.pool5
+
+    def pool5(self: RcnnFeaturizer, image: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
+        batch_sizes.append(len(boxes))
+        now[0] += 0.01 * len(boxes) + (100.0 if len(batch_sizes) == 4 else 0.0)
+        return real_pool5(self, image, boxes)
+
     monkeypatch.setattr(bench_module, "fc7", fc7)
-    cfg = _small_bench(repeats=3)
+    monkeypatch.setattr(RcnnFeaturizer, "pool5", pool5)
+    cfg = _small_bench(repeats=3, windows=10)
+    cfg = dataclasses.replace(cfg, rcnn=dataclasses.replace(cfg.rcnn, batch_windows=2))
     features = FeatureConfig(device="cpu")
     dataset = load_dataset(data, "test")
     report = run_bench(dataset, features, cfg, progress=False, clock=clock)
     ms = 1e-3  # the clock's step; sums of a few float64 steps round near 1e-15
-    assert report.per_image["rcnn_fc"] == pytest.approx(1.0 + ms, abs=1e-12)
+    assert batch_sizes == [2, 2, 2, 2, 2, 2]  # the warm-up's, then the 10 windows' 5 batches
+    assert report.per_image["rcnn_conv"] == pytest.approx(10 * (0.01 + ms / 2), abs=1e-12)
+    assert report.per_image["rcnn_fc"] == pytest.approx(2.0 + ms, abs=1e-12)
     assert report.per_image["spp_fc"] == pytest.approx(0.2 + ms, abs=1e-12)  # the median pass
     assert report.per_image["svm"] == pytest.approx(ms, abs=1e-12)
-    assert next(durations, None) is None  # fc6-fc7 ran exactly 2 + 1 + 3 times
+    assert next(durations, None) is None  # fc6-fc7 ran exactly 2 + 3 + 3 times

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from torchvision.ops import roi_align
 
 from sppdet.detector.backbones.weights import load_backbone
 from sppdet.detector.core.config import RcnnConfig
@@ -65,6 +66,30 @@ def test_warp_outside_the_image_is_the_mean() -> None:
     warped = warp_windows(image, np.array([[0, 0, 9, 9]], np.float32), 16, 6)[0]
     assert torch.all(warped[:, :4, :4] == 0)  # the far outside is 0 (the mean)
     assert torch.all(warped[:, -3:, -3:] == 5.0)  # inside the image: the image
+
+
+def test_warp_equals_roi_align_inside_and_across_the_border() -> None:
+    """The grid_sample warp against torchvision's roi_align (aligned, 1 sample per output pixel),
+    which it replaces for speed: the same samples, with roi_align's border rule."""
+    rng = np.random.default_rng(3)
+    height, width, size, padding = 150, 200, 32, 4
+    image = torch.from_numpy(rng.uniform(-128, 128, (1, 3, height, width)).astype(np.float32))
+    x1, y1 = rng.integers(-5, width, 80), rng.integers(-5, height, 80)
+    boxes = np.stack(
+        [x1, y1, x1 + rng.integers(0, width // 2, 80), y1 + rng.integers(0, height // 2, 80)], 1
+    ).astype(np.float32)
+    enlarged = context_boxes(boxes, size, padding)
+    rois = np.zeros((len(boxes), 5), np.float32)
+    rois[:, 1:3], rois[:, 3:5] = enlarged[:, :2], enlarged[:, 2:] + 1.0
+    expected = roi_align(image, torch.from_numpy(rois), (size, size), 1.0, 1, aligned=True)
+    got = warp_windows(image, boxes, size, padding)
+    assert (enlarged[:, :2] < -1).any() and (enlarged[:, 2:] > [width, height]).any()
+    torch.testing.assert_close(got == 0, expected == 0)  # the same samples fall outside
+    # Both compute a sample's position in float32, each to within a few roundings of its
+    # magnitude (up to the image's side); bilinear values move by at most that times the
+    # largest difference between neighbours (twice the largest value).
+    position_error = 4 * torch.finfo(torch.float32).eps * max(height, width)
+    torch.testing.assert_close(got, expected, rtol=0, atol=position_error * 2 * 128)
 
 
 def float32_reduction_tolerance(trunk: torch.nn.Module, magnitude: float) -> float:
