@@ -32,7 +32,11 @@ from sppdet.detector.detection.stage import run_detect
 from sppdet.detector.evaluation.plot import eval_report
 from sppdet.detector.evaluation.results import evaluate_voc_folder, read_voc_results
 from sppdet.detector.evaluation.voc import VocEvaluation
-from sppdet.detector.features.writer import cache_features, random_weights_warning
+from sppdet.detector.features.writer import (
+    cache_features,
+    detection_config,
+    random_weights_warning,
+)
 from sppdet.detector.heads.calibration import PlattScaling
 from sppdet.detector.training.bbox import run_train_bbox
 from sppdet.detector.training.finetune import run_finetune
@@ -98,10 +102,13 @@ def run_pipeline(
             f"propose {dataset.split}",
             lambda d=dataset: run_proposals(d, work, cfg.proposals, workers=workers),
         )
-    for dataset in (train_set, test_set):
+    test_features = cfg.features  # the test split needs no mirrored maps, unless trained on
+    if test_split != train_split:
+        test_features = detection_config(work, test_split, cfg.features)
+    for dataset, features in ((train_set, cfg.features), (test_set, test_features)):
         stage(
             f"cache-features {dataset.split}",
-            lambda d=dataset: cache_features(d, work, cfg.features, cfg.spp),
+            lambda d=dataset, f=features: cache_features(d, work, f, cfg.spp),
         )
     if weights_kind(cfg.features.weights) == "random":  # cache_features logged it
         report.warnings.append(random_weights_warning("cache-features"))

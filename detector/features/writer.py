@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from sppdet.cache.atomic import remove_stale_temporaries
+from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.shards import ShardedStore, ShardWriter
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.backbones.preprocessing import Preprocessing
@@ -196,6 +197,17 @@ class CacheStats:
     decode: float = 0.0  # decode + resize time in the loader threads
     write: float = 0.0  # compression + write time in the writer thread
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def detection_config(work: WorkDir, split: str, config: FeatureConfig) -> FeatureConfig:
+    """CONFIG for a split that is only detected on: without the mirrored maps, which fine-tuning
+    alone reads (half the trunk's passes and of the disk), unless WORK's cache of SPLIT was made
+    with them and otherwise these settings: then it is kept as it is, not rebuilt."""
+    flipped = dataclasses.replace(config, flip=True)
+    recorded = (work.recorded(STAGE, split) or {}).get("store")
+    if recorded is not None and fingerprint(recorded) == fingerprint(feature_params(flipped)):
+        return flipped
+    return dataclasses.replace(config, flip=False)
 
 
 def cache_features(

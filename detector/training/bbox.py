@@ -35,6 +35,7 @@ from sppdet.detector.training.inputs import (
     UpToDate,
     feature_settings_fingerprint,
     host,
+    same_window_features,
     sample_norm_scale,
     up_to_date,
     window_features,
@@ -144,7 +145,7 @@ def _add_image_samples(
 def load_bbox(work: WorkDir, inputs: SplitInputs) -> tuple[BoxRegressor, float]:
     name = inputs.model("bbox")
     model = work.load_model(name, MADE_BY[name])
-    if model["made_from"]["features"] != feature_settings_fingerprint(inputs.cache):
+    if not same_window_features(model["made_from"]["features"], inputs.cache.settings):
         raise SppdetError(
             f"{work.model(name)}: trained on features with other settings; rerun `{MADE_BY[name]}`"
         )

@@ -39,6 +39,7 @@ from sppdet.detector.training.inputs import (
     WindowFeatures,
     feature_settings_fingerprint,
     host,
+    same_window_features,
     sample_norm_scale,
     up_to_date,
 )
@@ -362,7 +363,7 @@ def _drift(
 def load_head(work: WorkDir, inputs: SplitInputs) -> FcHead:
     """The fine-tuned head, checked against the features and classes it is used with."""
     model = work.load_model("finetune", "sppdet finetune")
-    if model["made_from"]["features"] != feature_settings_fingerprint(inputs.cache):
+    if not same_window_features(model["made_from"]["features"], inputs.cache.settings):
         raise SppdetError(
             f"{work.model('finetune')}: fine-tuned on features with other settings; rerun "
             "`sppdet finetune --force`"

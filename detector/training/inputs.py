@@ -152,8 +152,19 @@ def inputs_fingerprint(proposals: str, features: str, image_ids: Sequence[str]) 
 
 
 def feature_settings_fingerprint(cache: WindowFeatures) -> str:
-    """Fingerprint of the cache's settings alone (not its images): equal for train and test."""
+    """Fingerprint of the cache's settings alone (not its images): what a model trained on it
+    records."""
     return fingerprint(cache.settings)
+
+
+def same_window_features(recorded: str, settings: dict[str, Any]) -> bool:
+    """Whether a model trained on a store whose ``feature_settings_fingerprint`` was RECORDED
+    fits a store with these SETTINGS: the same settings, ``flip`` aside. The mirrored maps, which
+    fine-tuning alone reads, change no window's features, so a split that is only detected on is
+    cached without them."""
+    if "flip" not in settings:
+        return recorded == fingerprint(settings)
+    return recorded in {fingerprint({**settings, "flip": flip}) for flip in (False, True)}
 
 
 def up_to_date(work: WorkDir, name: str, made: dict[str, Any]) -> bool:

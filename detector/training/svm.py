@@ -70,6 +70,7 @@ from sppdet.detector.training.inputs import (
     WindowFeatures,
     feature_settings_fingerprint,
     host,
+    same_window_features,
     sample_norm_scale,
     up_to_date,
     window_features,
@@ -471,7 +472,7 @@ def _head_fingerprint(work: WorkDir, finetuned: bool, layer: str) -> str:
 def load_svm(work: WorkDir, inputs: SplitInputs) -> tuple[LinearScorer, dict[str, Any]]:
     name = inputs.model("svm")
     model = work.load_model(name, MADE_BY[name])
-    if model["made_from"]["features"] != feature_settings_fingerprint(inputs.cache):
+    if not same_window_features(model["made_from"]["features"], inputs.cache.settings):
         raise SppdetError(
             f"{work.model(name)}: trained on features with other settings; rerun `{MADE_BY[name]}`"
         )

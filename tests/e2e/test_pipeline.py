@@ -19,6 +19,7 @@ from sppdet.detector.core.errors import SppdetError
 from sppdet.detector.data.synthetic import make_synthetic_voc
 from sppdet.detector.detection.stage import read_candidates
 from sppdet.detector.evaluation.results import read_voc_results
+from sppdet.detector.features.reader import cache_info
 from sppdet.detector.pipeline import run_pipeline
 from sppdet.detector.training.inputs import open_split
 
@@ -72,6 +73,8 @@ def test_every_stage_runs_and_scores_above_chance(trained) -> None:  # type: ign
     for name in ("finetune", "svm", "bbox"):
         assert work.model(name).is_file()
     assert not work.model("finetune-partial").exists()
+    # Fine-tuning reads the mirrored maps; the test split, only detected on, is cached without.
+    assert cache_info(work, "trainval").flip and not cache_info(work, "test").flip
     saved = json.loads(work.report("eval.json").read_text())
     assert saved["map"] == pytest.approx(report.evaluation.map)
     # Chance on this data is far below: random boxes of random classes score a few percent.

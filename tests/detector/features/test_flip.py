@@ -7,19 +7,22 @@ any flip: the flipped window of image A must pool exactly what the mirrored box 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from sppdet.cache.fingerprint import fingerprint
 from sppdet.cache.workdir import WorkDir
 from sppdet.detector.core.config import FeatureConfig, FinetuneConfig
 from sppdet.detector.data.voc import load_voc
 from sppdet.detector.features.conv5 import resize_to_scales
 from sppdet.detector.features.reader import FeatureCache
-from sppdet.detector.features.writer import cache_features
+from sppdet.detector.features.writer import cache_features, detection_config, feature_params
 from sppdet.detector.heads.finetune import WindowTable, pool_batch
+from sppdet.detector.training.inputs import same_window_features
 from tests.detector.features.shared import make_tiny_voc
 
 HEIGHT, WIDTH = 64, 96
@@ -88,3 +91,30 @@ def test_flipped_windows_pool_the_mirrored_image(tmp_path: Path) -> None:
         got = pool_batch(cache, table, rows, scales, np.ones(len(rows), bool))
         want = cache.pooled("im01", mirrored(table.boxes[rows], WIDTH), scales, flipped=False)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_split_detected_on_is_cached_without_flips_unless_it_has_them(tmp_path: Path) -> None:
+    """``detection_config``: no mirrored maps for a split only detected on, but a cache of it
+    that an earlier run made with them (and otherwise the same settings) is kept, not rebuilt."""
+    voc = make_tiny_voc(tmp_path / "voc", sizes=[(HEIGHT, WIDTH)] * 2)
+    work = WorkDir.at(tmp_path / "work")
+    assert detection_config(work, "trainval", CONFIG) == replace(CONFIG, flip=False)
+    cache_features(load_voc(voc, "trainval"), work, CONFIG, progress=False)
+    assert detection_config(work, "trainval", CONFIG) == CONFIG  # made with flips: kept
+    assert detection_config(work, "trainval", replace(CONFIG, flip=False)) == CONFIG
+    other = replace(CONFIG, scales=(64,))
+    assert detection_config(work, "trainval", other) == replace(other, flip=False)
+
+
+def test_models_fit_a_cache_with_or_without_flips_only() -> None:
+    """A model trained on a cache with flips is used on one without (or the other way); any
+    other difference in the settings still refuses it."""
+    settings = feature_params(CONFIG)
+    recorded = fingerprint(settings)
+    assert same_window_features(recorded, {**settings, "flip": False})
+    assert same_window_features(recorded, settings)
+    assert not same_window_features(recorded, {**settings, "scales": [64]})
+    assert not same_window_features(recorded, {**settings, "flip": False, "dtype": "float16"})
+    rcnn = {"warp_size": 224, "context_padding": 16}  # a store without flips at all
+    assert same_window_features(fingerprint(rcnn), rcnn)
+    assert not same_window_features(fingerprint(rcnn), {**rcnn, "context_padding": 8})
