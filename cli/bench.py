@@ -171,7 +171,8 @@ def ratio_lines(report: BenchReport) -> list[str]:
             label = SHARE_LABELS[top.split("_")[1] if top.startswith("spp_") else top]
             parts.append(
                 f"{name} {report.speedup[key]:.1f}x (work ratio {report.work_ratio[key]:.1f}x; "
-                f"{report.bound[key]:.1f}x at SPP's measured GFLOP/s; bound by {label}: "
+                f"{report.bound[key]:.1f}x at SPP's measured GFLOP/s, measured / bound "
+                f"{report.speedup[key] / report.bound[key]:.2f}; bound by {label}: "
                 f"{100 * shares[top]:.0f}% of SPP's time)"
             )
         scales = "1 scale" if tag == "1" else "5 scales"

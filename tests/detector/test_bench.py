@@ -231,6 +231,8 @@ def test_cli_reports_every_part_and_the_precision_check(data: Path, tmp_path: Pa
     printed = " ".join(capsys.readouterr().out.split())  # as one line, however rich wrapped it
     assert "speed-up over R-CNN, SPP 1 scale" in printed and "bf16 against fp32" in printed
     assert "work ratio" in printed and "bound by" in printed
+    quotient = report["speedup"]["conv_1_scale"] / report["bound"]["conv_1_scale"]
+    assert f"measured / bound {quotient:.2f}; bound by" in printed
     assert "detect without proposals (SPP conv, pooling, fc6-fc7, SVMs, NMS; full" in printed
     assert run_app([*args, "--num-images", "0"]) == 2
     assert "--images 0" in capsys.readouterr().err
