@@ -417,8 +417,7 @@ def bench_image(
     image = featurizer.prepare(rgb)
     passes: dict[str, list[float]] = {}
     chunks, per_window = [], []
-    size = max(1, cfg.rcnn.batch_windows)
-    batches = [boxes[k : k + size] for k in range(0, len(boxes), size)]
+    batches = featurizer.batches(boxes)
     # Each pass runs its share of R-CNN's batches, each timed alone, then the whole SPP side:
     # both sides meet the same load of other jobs, in samples of similar length.
     for share in np.array_split(np.arange(len(batches)), max(1, cfg.bench.repeats)):

@@ -42,8 +42,7 @@ def head_source(work: WorkDir, svm_made_from: dict[str, Any], scoring: str) -> d
 
 def model_file(compression: FcRank) -> str:
     """The name of the kept head in WORK/models: fc-rank-512-256 (fc-rank-512-256-weights)."""
-    name = f"fc-rank-{compression.ranks[0]}-{compression.ranks[1]}"
-    return name if compression.fit == "responses" else f"{name}-{compression.fit}"
+    return f"fc-rank-{compression.ranks[0]}-{compression.ranks[1]}{compression.suffix}"
 
 
 def compressed_head(

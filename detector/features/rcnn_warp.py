@@ -117,15 +117,19 @@ class RcnnFeaturizer:
         """uint8 RGB [H, W, 3] -> the preprocessed image [1, 3, H, W] on the device."""
         return self.preprocessing(image, self.device)
 
+    def batches(self, boxes: np.ndarray) -> list[np.ndarray]:
+        """BOXES in the batches ``pool5`` runs the trunk on (``batch_windows`` each)."""
+        step = max(1, self.config.batch_windows)
+        return [boxes[start : start + step] for start in range(0, len(boxes), step)]
+
     def pool5(self, image: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
         """pool5 [N, D] float32 (on the device) of BOXES in a prepared image."""
         out = torch.empty((len(boxes), self.dim), dtype=torch.float32, device=self.device)
-        step = max(1, self.config.batch_windows)
+        start = 0
         with torch.inference_mode(), autocast(self.device, self.config.precision):
-            for start in range(0, len(boxes), step):
-                crops = warp_windows(
-                    image, boxes[start : start + step], self.size, self.config.context_padding
-                )
+            for batch in self.batches(boxes):
+                crops = warp_windows(image, batch, self.size, self.config.context_padding)
                 conv5 = self.trunk(device_input(crops))
                 out[start : start + len(crops)] = image_spp(conv5, self.pyramid)
+                start += len(crops)
         return out

@@ -44,10 +44,15 @@ class FcRank:
             raise SppdetError(f"--fc-rank-fit {self.fit!r}: choose one of {', '.join(FITS)}")
 
     @property
+    def suffix(self) -> str:
+        """What names of its folders and files end with: nothing for the default fit, else
+        -weights."""
+        return "" if self.fit == "responses" else f"-{self.fit}"
+
+    @property
     def tag(self) -> str:
-        """Short name for folders and files: 512x256, or 512x256-weights for the weights' fit."""
-        name = f"{self.ranks[0]}x{self.ranks[1]}"
-        return name if self.fit == "responses" else f"{name}-{self.fit}"
+        """Short name for folders: 512x256, or 512x256-weights for the weights' fit."""
+        return f"{self.ranks[0]}x{self.ranks[1]}{self.suffix}"
 
     def record(self) -> dict[str, Any]:
         return {"fc_rank": list(self.ranks), "fc_rank_fit": self.fit}
